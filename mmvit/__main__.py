@@ -1,0 +1,3 @@
+from mmvit.cli import app
+
+app(prog_name="mmvit-study")

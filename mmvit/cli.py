@@ -1,0 +1,146 @@
+"""The ``mmvit-study`` command line: each command parses options and calls one library function.
+
+User errors (:class:`mmvit.errors.MMViTError`) are caught once, in :class:`_Commands`, and printed
+as a message with exit code 1 — never as a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+from typer.core import TyperGroup
+
+from mmvit.errors import MMViTError
+
+console = Console()
+errors = Console(stderr=True)
+
+
+class _Commands(TyperGroup):
+    """Root command group that turns an MMViTError anywhere below it into a clean exit 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MMViTError as error:
+            errors.print(f"[bold red]Error:[/] {error}", highlight=False, soft_wrap=True)
+            raise click.exceptions.Exit(1) from None
+
+
+app = typer.Typer(cls=_Commands, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Ablation studies of multi-modal Vision Transformers on BigEarthNet-MM.")
+data_app = typer.Typer(no_args_is_help=True, help="Inspect, generate and cache BigEarthNet-MM archives.")
+bench_app = typer.Typer(no_args_is_help=True, help="Measure throughput.")
+app.add_typer(data_app, name="data")
+app.add_typer(bench_app, name="bench")
+
+RootArg = Annotated[Optional[Path], typer.Argument(
+    help="Archive root (v1: BigEarthNet-v1.0/ + BigEarthNet-S1-v1.0/; v2: BigEarthNet-S2/, "
+         "BigEarthNet-S1/, metadata.parquet). Default: the demo archive.")]
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+def _root(root: Path | None) -> Path:
+    if root is not None:
+        return root
+    from mmvit.data.demo import ensure_demo_archive
+
+    return ensure_demo_archive()
+
+
+@data_app.command("check")
+def data_check(
+    root: RootArg = None,
+    deep: Annotated[bool, typer.Option(help="Open every file and check sizes and types (slow).")] = False,
+) -> None:
+    """Report an archive's layout, patches per split, and missing or unreadable files."""
+    from mmvit.data.archive import open_archive
+    from mmvit.data.check import check_archive
+
+    archive = open_archive(_root(root))
+    report = check_archive(archive, deep=deep, progress=console.is_terminal)
+    console.print(f"[bold]{archive.describe()}[/] (layout {report.layout})")
+    console.print(f"splits from: {report.split_source}")
+    if report.on_disk is not None:
+        console.print(f"S2 patch folders on disk: {report.on_disk:,}")
+    table = Table("split", "patches", "missing files", "unreadable" if deep else "unreadable (use --deep)")
+    for split in report.splits:
+        table.add_row(split.split, f"{split.patches:,}", str(len(split.missing)),
+                      str(len(split.unreadable)) if deep else "-")
+    console.print(table)
+    problems = [(s.split, p, what) for s in report.splits for p, what in s.missing + s.unreadable]
+    for split, patch, what in problems[:20]:
+        console.print(f"  {split}: {patch}: {what}", highlight=False, soft_wrap=True)
+    if problems:
+        more = f" (first 20 of {len(problems)} shown)" if len(problems) > 20 else ""
+        raise MMViTError(
+            f"{len(problems)} patch(es) of {archive.root} have missing or unreadable files{more}. "
+            "Re-extract them, or train with skip_unreadable (they are then left out and logged)."
+        )
+
+
+@data_app.command("demo")
+def data_demo(
+    out: Annotated[Path, typer.Option(help="Folder to write the archive into.")],
+    patches: Annotated[int, typer.Option(min=3, help="Number of patch pairs.")] = 600,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Write a synthetic archive in the exact BigEarthNet v1 layout (real GeoTIFFs)."""
+    from mmvit.data.demo import write_demo_archive
+
+    path = write_demo_archive(out, patches=patches, seed=seed, progress=console.is_terminal)
+    console.print(f"Demo archive with {patches} patch pairs (seed {seed}) at {path}")
+
+
+@data_app.command("cache")
+def data_cache(
+    root: RootArg = None,
+    split: Annotated[list[str], typer.Option(help="Split(s) to convert.")] = ["train", "validation", "test"],
+    modalities: Annotated[str, typer.Option(help="s2, s1, rgb, s2+s1 or rgb+s1.")] = "s2+s1",
+    resampling: Annotated[str, typer.Option(help="Upsampling of the 20 m bands.")] = "bilinear",
+    speckle_filter: Annotated[str, typer.Option(help="none, median<k> or lee<k>.")] = "none",
+    s1_dtype: Annotated[str, typer.Option(help="float32 or float16.")] = "float32",
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Default: $MMVIT_CACHE_DIR or ~/.cache/mmvit-study/cache.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Processes (default: all cores).")] = None,
+    skip_unreadable: Annotated[bool, typer.Option(help="Leave out unreadable patches (logged by name).")] = False,
+) -> None:
+    """Convert archive splits into the memory-mapped cache (once; later runs reuse it)."""
+    from mmvit.data.bigearthnet import BigEarthNetMM
+    from mmvit.data.cache import default_cache_dir
+
+    for name in split:
+        dataset = BigEarthNetMM(
+            _root(root), name, modalities, resampling=resampling, speckle_filter=speckle_filter,
+            cache_dir=cache_dir or default_cache_dir(), s1_dtype=s1_dtype, workers=workers,
+            skip_unreadable=skip_unreadable, progress=console.is_terminal,
+        )
+        note = f", {len(dataset.skipped)} skipped as unreadable" if dataset.skipped else ""
+        console.print(f"{name}: {len(dataset):,} patches cached{note}")
+
+
+@bench_app.command("data")
+def bench_data(
+    root: RootArg = None,
+    patches: Annotated[int, typer.Option(help="Patches read for the direct measurement.")] = 200,
+    batches: Annotated[int, typer.Option(help="Batches read for the cached measurement.")] = 20,
+    batch_size: Annotated[int, typer.Option()] = 64,
+    workers: Annotated[int, typer.Option(help="DataLoader workers.")] = 2,
+    cache_dir: Annotated[Optional[Path], typer.Option()] = None,
+) -> None:
+    """Patches/s: GeoTIFFs read directly vs. the cache through a DataLoader with all augmentations."""
+    from mmvit.bench.data import run_data_benchmark
+
+    result = run_data_benchmark(_root(root), direct_patches=patches, batches=batches,
+                                batch_size=batch_size, workers=workers, cache_dir=cache_dir)
+    console.print(result.summary())

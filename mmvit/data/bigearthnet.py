@@ -1,0 +1,160 @@
+"""The BigEarthNet-MM dataset (Sentinel-2 + Sentinel-1), read directly or from the cache."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mmvit.data.archive import Archive, open_archive
+from mmvit.data.bands import MODALITIES, S2_BANDS, optical_bands, uses_s1
+from mmvit.data.cache import LoadedComponent, SplitCache, labels_component, s1_component, s2_component
+from mmvit.data.patch_reader import PatchReader
+from mmvit.data.splits import normalise_split
+from mmvit.data.stats import ChannelStats
+from mmvit.errors import DataError
+
+log = logging.getLogger(__name__)
+Sample = dict[str, "torch.Tensor | str"]
+
+
+class BigEarthNetMM(Dataset):
+    """BigEarthNet-MM: co-registered Sentinel-2 and Sentinel-1 patches, 19-class multi-label.
+
+    Dataset features:
+
+    * 590,326 pairs of 1.2 km × 1.2 km patches over ten European countries, 2017–2018
+    * Sentinel-2 L2A, uint16 reflectance; the ten 10 m and 20 m bands in the fixed order
+      B02 B03 B04 B05 B06 B07 B08 B8A B11 B12, the 20 m bands resampled to 120×120
+      (bilinear by default); B01 and B09 (60 m) are dropped, as in the thesis
+    * Sentinel-1 GRD IW, VV and VH backscatter as float32 dB at 120×120, never rounded
+    * 19-class nomenclature (converted from the 43 CORINE classes for v1) in canonical order
+    * official splits: train 269,695 / validation 123,723 / test 125,866 (v1) with snow,
+      cloud/shadow and no-19-label patches excluded
+
+    Modalities: ``s2``, ``s1``, ``rgb`` (B04 B03 B02 as ``image_s2``), ``s2+s1``, ``rgb+s1``.
+    A sample is ``{"image_s2": (C,120,120), "image_s1": (2,120,120), "label": (19,),
+    "patch": S2 name}`` (float32 tensors; raw values when ``transforms`` is None).
+
+    With ``cache_dir`` the split is converted once into memory-mapped arrays
+    (:mod:`mmvit.data.cache`) and read from there — identical values, far faster.
+
+    If you use this dataset, cite Sumbul et al., "BigEarthNet-MM: A Large-Scale, Multimodal,
+    Multilabel Benchmark Archive for Remote Sensing Image Classification and Retrieval",
+    IEEE GRSM 2021, https://doi.org/10.1109/MGRS.2021.3089174.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        split: str = "train",
+        modalities: str = "s2+s1",
+        transforms: Callable[[Sample], Sample] | None = None,
+        *,
+        resampling: str = "bilinear",
+        speckle_filter: str = "none",
+        cache_dir: str | os.PathLike[str] | None = None,
+        s1_dtype: str = "float32",
+        skip_unreadable: bool = False,
+        exclude: bool = True,
+        workers: int | None = None,
+        progress: bool = False,
+    ) -> None:
+        if modalities not in MODALITIES:
+            raise DataError(
+                f"modalities must be one of {', '.join(MODALITIES)}, but got {modalities!r}."
+            )
+        if root is None:
+            from mmvit.data.demo import ensure_demo_archive
+
+            root = ensure_demo_archive()
+        self.archive: Archive = open_archive(root)
+        self.split = normalise_split(split)
+        self.modalities = modalities
+        self.transforms = transforms
+        self.skip_unreadable = skip_unreadable
+        self.skipped: list[str] = []
+        self._optical = optical_bands(modalities)
+        self._with_s1 = uses_s1(modalities)
+        # RGB is read as all ten bands by the cache (shared with s2 studies) and sliced here.
+        self._channels = [S2_BANDS.index(b) for b in self._optical]
+        self.reader = PatchReader(S2_BANDS if self._optical else (), resampling,
+                                  self._with_s1, speckle_filter)
+        self._cache: dict[str, LoadedComponent] | None = None
+        if cache_dir is not None:
+            cache = SplitCache(self.archive, self.split, Path(cache_dir), exclude=exclude)
+            components = {"label": labels_component()}
+            if self._optical:
+                components["s2"] = s2_component(resampling)
+            if self._with_s1:
+                components["s1"] = s1_component(speckle_filter, s1_dtype)
+            cache.ensure(list(components.values()), self.reader, workers=workers,
+                         skip_unreadable=skip_unreadable, progress=progress)
+            self._cache = {key: cache.load(c) for key, c in components.items()}
+            self.refs = cache.refs
+            valid = np.logical_and.reduce([c.valid for c in self._cache.values()])
+            self.skipped = [r.patch for r, ok in zip(self.refs, valid) if not ok]
+            self._rows = np.flatnonzero(valid)
+        else:
+            self.refs = self.archive.patches(self.split, exclude=exclude)
+            self._rows = np.arange(len(self.refs))
+        if len(self._rows) == 0:
+            raise DataError(
+                f"The {self.split!r} split of the {self.archive.describe()} holds no readable "
+                f"patches (split lists from {self.archive.split_source})."
+            )
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def patch_names(self) -> list[str]:
+        return [self.refs[row].patch for row in self._rows]
+
+    def stats(self) -> dict[str, ChannelStats]:
+        """Per-channel statistics of this split (cached datasets only), keyed ``s2``/``s1``."""
+        if self._cache is None:
+            raise DataError("Channel statistics are computed when a split is cached; pass cache_dir.")
+        out = {}
+        for key in ("s2", "s1"):
+            if key in self._cache and self._cache[key].stats is not None:
+                stats = self._cache[key].stats
+                out[key] = stats.select(self._channels) if key == "s2" else stats
+        return out
+
+    def _arrays(self, row: int) -> dict[str, np.ndarray]:
+        if self._cache is not None:
+            return {key: np.asarray(c.array[row]) for key, c in self._cache.items()}
+        return self.reader(self.refs[row])
+
+    def _read(self, index: int) -> dict[str, np.ndarray]:
+        if not self.skip_unreadable or self._cache is not None:
+            return self._arrays(int(self._rows[index]))
+        for step in range(len(self._rows)):
+            row = int(self._rows[(index + step) % len(self._rows)])
+            try:
+                return self._arrays(row)
+            except DataError as error:
+                if self.refs[row].patch not in self.skipped:
+                    self.skipped.append(self.refs[row].patch)
+                    log.warning("Skipping unreadable patch (%d so far): %s", len(self.skipped), error)
+        raise DataError(f"No patch of the {self.split!r} split of the {self.archive.describe()} is readable.")
+
+    def __getitem__(self, index: int) -> Sample:
+        arrays = self._read(index)
+        sample: Sample = {}
+        if self._optical:
+            s2 = arrays["s2"]
+            sample["image_s2"] = torch.from_numpy(s2[self._channels].astype(np.float32))
+        if self._with_s1:
+            sample["image_s1"] = torch.from_numpy(arrays["s1"].astype(np.float32, copy=True))
+        sample["label"] = torch.from_numpy(arrays["label"].astype(np.float32))
+        sample["patch"] = self.refs[int(self._rows[index])].patch
+        if self.transforms is not None:
+            sample = self.transforms(sample)
+        return sample

@@ -1,0 +1,43 @@
+"""Shared fixtures: the real example patches, a small demo archive, and a v2 copy of it."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+
+# Tests never touch the user's caches.
+os.environ.setdefault("MMVIT_CACHE_DIR", str(Path(__file__).parent.parent / ".ci-cache" / "cache"))
+os.environ.setdefault("MMVIT_DEMO_DIR", str(Path(__file__).parent.parent / ".ci-cache" / "demo"))
+warnings.filterwarnings("ignore", category=DeprecationWarning, module="bigearthnet_common")
+
+DEMO_PATCHES = 40
+
+
+@pytest.fixture(scope="session")
+def example_root(tmp_path_factory) -> Path:
+    """The six real S1+S2 patches shipped by bigearthnet-common, as a v1 archive root."""
+    from bigearthnet_common.example_data import get_s1_example_folder_path, get_s2_example_folder_path
+
+    root = tmp_path_factory.mktemp("ben-examples")
+    (root / "BigEarthNet-v1.0").symlink_to(get_s2_example_folder_path(), target_is_directory=True)
+    (root / "BigEarthNet-S1-v1.0").symlink_to(get_s1_example_folder_path(), target_is_directory=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    from mmvit.data.demo import write_demo_archive
+
+    return write_demo_archive(tmp_path_factory.mktemp("demo") / "archive", patches=DEMO_PATCHES, seed=3)
+
+
+@pytest.fixture(scope="session")
+def v2_root(tmp_path_factory, demo_root) -> Path:
+    from mmvit.data.archive import open_archive
+    from tests.v2_fixture import write_v2_fixture
+
+    snowy = {open_archive(demo_root).patches("train")[0].patch}
+    return write_v2_fixture(demo_root, tmp_path_factory.mktemp("v2") / "reben", snowy=snowy)
