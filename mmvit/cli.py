@@ -144,3 +144,20 @@ def bench_data(
     result = run_data_benchmark(_root(root), direct_patches=patches, batches=batches,
                                 batch_size=batch_size, workers=workers, cache_dir=cache_dir)
     console.print(result.summary())
+
+
+@app.command("train")
+def train(
+    config: Annotated[Optional[Path], typer.Option(help="YAML trial configuration (model/data/augment/train/seed).")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Override a key, e.g. --set model.depth=4.")] = [],
+    data: Annotated[Optional[Path], typer.Option(help="Archive root (default: the demo archive).")] = None,
+    checkpoint_dir: Annotated[Optional[Path], typer.Option(help="Checkpoint here; rerun to resume.")] = None,
+) -> None:
+    """Train one configuration and print its validation and test tables."""
+    from mmvit.config import load_trial_config
+    from mmvit.train.loop import train_trial
+    from mmvit.train.tables import print_trial_result
+
+    trial = load_trial_config(config, set_, data)
+    result = train_trial(trial, checkpoint_dir=checkpoint_dir, progress=console.is_terminal)
+    print_trial_result(console, trial, result)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mmvit.data.archive import Archive, open_archive
+from mmvit.data.archive import Archive, label_vector, open_archive
 from mmvit.data.bands import MODALITIES, S2_BANDS, optical_bands, uses_s1
 from mmvit.data.cache import LoadedComponent, SplitCache, labels_component, s1_component, s2_component
 from mmvit.data.patch_reader import PatchReader
@@ -126,6 +126,12 @@ class BigEarthNetMM(Dataset):
                 stats = self._cache[key].stats
                 out[key] = stats.select(self._channels) if key == "s2" else stats
         return out
+
+    def label_matrix(self) -> np.ndarray:
+        """Multi-hot labels (N, 19) of all samples, without reading images."""
+        if self._cache is not None:
+            return np.asarray(self._cache["label"].array[self._rows])
+        return np.stack([label_vector(self.refs[row]) for row in self._rows])
 
     def _arrays(self, row: int) -> dict[str, np.ndarray]:
         if self._cache is not None:

@@ -1,0 +1,230 @@
+"""One trial's training: epochs, Adam + cosine schedule, validation every epoch, atomic
+checkpoints, best-epoch selection on validation, test metrics once at the best epoch.
+
+Reproducibility: every epoch re-seeds torch (dropout, stochastic depth, augmentations in the
+main process) and the DataLoader generator (shuffle order, worker seeds) from ``(seed, epoch)``,
+so a run resumed from its epoch-``k`` checkpoint computes exactly what an uninterrupted run
+computes (on CPU; cuDNN/bf16 kernels may differ in the last bits on GPU). Arms of a study that
+share a seed see the same data order and — where shapes allow — the same initial weights.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mmvit.config import TrialConfig
+from mmvit.data.loader import TrialData, available_cpus, build_datasets, make_loader
+from mmvit.errors import DataError
+from mmvit.train.metrics import HIGHER_IS_BETTER, compute_metrics
+
+CHECKPOINT = "last.pt"
+BEST_WEIGHTS = "best.pt"
+
+
+@dataclass
+class EpochRecord:
+    epoch: int  # 1-based
+    train_loss: float
+    lr: float
+    validation: dict
+    seconds: float
+    samples_per_s: float
+
+
+@dataclass
+class TrialResult:
+    best_epoch: int
+    validation: dict  # metrics at the best epoch
+    test: dict  # metrics at the best epoch
+    history: list[EpochRecord]
+    parameters: int
+    samples_per_s: float
+    peak_memory_mb: float
+    wall_s: float
+    epochs_run: int
+    device: str
+    class_counts: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+EpochCallback = Callable[[EpochRecord, Path | None], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is the first *visible* GPU (Ray sets CUDA_VISIBLE_DEVICES per trial) or the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919) % (2**63)
+
+
+def _inputs(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
+    keys = {"image_s2": "s2", "image_s1": "s1"}
+    return {keys[k]: v.to(device, non_blocking=True) for k, v in batch.items() if k in keys}
+
+
+def _autocast(device: torch.device):
+    # bf16 on GPUs (thesis-scale batches); CPUs train in fp32.
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB → MiB
+
+
+def _atomic_save(state: dict, path: Path) -> None:
+    tmp = path.with_suffix(".partial")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader, device: torch.device, threshold: float) -> dict:
+    """Metrics of ``model`` on every sample of ``loader``."""
+    model.eval()
+    scores, targets = [], []
+    for batch in loader:
+        with _autocast(device):
+            logits = model(_inputs(batch, device))
+        scores.append(torch.sigmoid(logits.float()).cpu().numpy())
+        targets.append(batch["label"].numpy())
+    return compute_metrics(np.concatenate(scores), np.concatenate(targets), threshold)
+
+
+def _better(metric: str, value: float, best: float | None) -> bool:
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
+    return value > best if HIGHER_IS_BETTER[metric] else value < best
+
+
+def build_model(config: TrialConfig, in_chans: dict[str, int]) -> nn.Module:
+    from mmvit.models import create_model
+
+    hparams = config.model.model_dump(exclude={"fusion"})
+    torch.manual_seed(config.seed)  # paired initial weights across arms with equal shapes
+    return create_model(config.model.fusion, in_chans=in_chans, num_classes=19, img_size=120, **hparams)
+
+
+def train_trial(config: TrialConfig, *, checkpoint_dir: Path | None = None,
+                on_epoch: EpochCallback | None = None, data: TrialData | None = None,
+                workers: int | None = None, progress: bool = False) -> TrialResult:
+    """Train ``config`` to the end (resuming from ``checkpoint_dir/last.pt`` if present)."""
+    started = time.time()
+    device = resolve_device(config.train.device)
+    data = data or build_datasets(config, progress=progress)
+    workers = config.data.num_workers if config.data.num_workers is not None else min(available_cpus(), 8)
+    model = build_model(config, data.in_chans).to(device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.train.lr, betas=config.train.betas,
+                                 weight_decay=config.train.weight_decay)
+    epochs = config.train.epochs
+    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=epochs)
+                if config.train.scheduler == "cosine"
+                else torch.optim.lr_scheduler.LambdaLR(optimiser, lambda _: 1.0))
+    loss_fn = nn.BCEWithLogitsLoss()
+    metric = config.train.metric
+    history: list[EpochRecord] = []
+    best_value: float | None = None
+    best_epoch = 0
+    first_epoch = 1
+    if checkpoint_dir is not None:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        if (checkpoint_dir / CHECKPOINT).is_file():
+            state = torch.load(checkpoint_dir / CHECKPOINT, map_location=device, weights_only=False)
+            model.load_state_dict(state["model"])
+            optimiser.load_state_dict(state["optimiser"])
+            schedule.load_state_dict(state["schedule"])
+            history = [EpochRecord(**record) for record in state["history"]]
+            best_value, best_epoch = state["best_value"], state["best_epoch"]
+            first_epoch = state["epoch"] + 1
+
+    eval_batch = config.train.eval_batch_size or 2 * config.train.batch_size
+    pin = device.type == "cuda"
+    validation_loader = make_loader(data.validation, batch_size=eval_batch, workers=workers,
+                                    shuffle=False, pin_memory=pin)
+    generator = torch.Generator()
+    for epoch in range(first_epoch, epochs + 1):
+        seed = _epoch_seed(config.seed, epoch)
+        torch.manual_seed(seed)
+        generator.manual_seed(seed)
+        loader = make_loader(data.train, batch_size=config.train.batch_size, workers=workers,
+                             shuffle=True, generator=generator, pin_memory=pin)
+        model.train()
+        epoch_start = time.perf_counter()
+        total_loss, seen = 0.0, 0
+        for batch in loader:
+            targets = batch["label"].to(device, non_blocking=True)
+            with _autocast(device):
+                logits = model(_inputs(batch, device))
+            loss = loss_fn(logits.float(), targets)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            total_loss += float(loss.detach()) * len(targets)
+            seen += len(targets)
+        lr = optimiser.param_groups[0]["lr"]
+        schedule.step()
+        seconds = time.perf_counter() - epoch_start
+        validation = evaluate(model, validation_loader, device, config.train.threshold)
+        record = EpochRecord(epoch, total_loss / max(seen, 1), lr, validation, seconds, seen / seconds)
+        history.append(record)
+        if _better(metric, validation[metric], best_value):
+            best_value, best_epoch = validation[metric], epoch
+            if checkpoint_dir is not None:
+                _atomic_save({"model": model.state_dict(), "epoch": epoch}, checkpoint_dir / BEST_WEIGHTS)
+            else:
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        checkpoint_path = None
+        if checkpoint_dir is not None:
+            checkpoint_path = checkpoint_dir / CHECKPOINT
+            _atomic_save({
+                "model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                "schedule": schedule.state_dict(), "epoch": epoch,
+                "history": [asdict(r) for r in history],
+                "best_value": best_value, "best_epoch": best_epoch,
+            }, checkpoint_path)
+        if on_epoch is not None:
+            on_epoch(record, checkpoint_path)
+
+    train_seconds = sum(r.seconds for r in history)
+    train_samples = sum(r.samples_per_s * r.seconds for r in history)
+    if best_epoch == 0:
+        raise DataError(f"No epoch produced a finite validation {metric}: the validation split has no "
+                        "positive label. Use a larger validation split.")
+    if checkpoint_dir is not None:
+        model.load_state_dict(torch.load(checkpoint_dir / BEST_WEIGHTS, map_location=device,
+                                         weights_only=False)["model"])
+    else:
+        model.load_state_dict(best_state)
+    test_loader = make_loader(data.test, batch_size=eval_batch, workers=workers, shuffle=False,
+                              pin_memory=pin)
+    test = evaluate(model, test_loader, device, config.train.threshold)
+    return TrialResult(
+        best_epoch=best_epoch,
+        validation=history[best_epoch - 1].validation,
+        test=test,
+        history=history,
+        parameters=sum(p.numel() for p in model.parameters()),
+        samples_per_s=train_samples / train_seconds if train_seconds else float("nan"),
+        peak_memory_mb=_peak_memory_mb(device),
+        wall_s=time.time() - started,
+        epochs_run=len(history),
+        device=str(device),
+        class_counts=data.class_counts.tolist(),
+    )
