@@ -10,7 +10,6 @@ import logging
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -25,12 +24,12 @@ errors = Console(stderr=True)
 class _Commands(TyperGroup):
     """Root command group that turns an MMViTError anywhere below it into a clean exit 1."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except MMViTError as error:
             errors.print(f"[bold red]Error:[/] {error}", highlight=False, soft_wrap=True)
-            raise click.exceptions.Exit(1) from None
+            raise typer.Exit(1) from None
 
 
 app = typer.Typer(cls=_Commands, no_args_is_help=True, pretty_exceptions_enable=False,

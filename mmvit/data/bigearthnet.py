@@ -138,13 +138,15 @@ class BigEarthNetMM(Dataset):
             return {key: np.asarray(c.array[row]) for key, c in self._cache.items()}
         return self.reader(self.refs[row])
 
-    def _read(self, index: int) -> dict[str, np.ndarray]:
+    def _read(self, index: int) -> tuple[int, dict[str, np.ndarray]]:
+        """The row read and its arrays; with ``skip_unreadable`` the next readable row."""
         if not self.skip_unreadable or self._cache is not None:
-            return self._arrays(int(self._rows[index]))
+            row = int(self._rows[index])
+            return row, self._arrays(row)
         for step in range(len(self._rows)):
             row = int(self._rows[(index + step) % len(self._rows)])
             try:
-                return self._arrays(row)
+                return row, self._arrays(row)
             except DataError as error:
                 if self.refs[row].patch not in self.skipped:
                     self.skipped.append(self.refs[row].patch)
@@ -152,7 +154,7 @@ class BigEarthNetMM(Dataset):
         raise DataError(f"No patch of the {self.split!r} split of the {self.archive.describe()} is readable.")
 
     def __getitem__(self, index: int) -> Sample:
-        arrays = self._read(index)
+        row, arrays = self._read(index)
         sample: Sample = {}
         if self._optical:
             s2 = arrays["s2"]
@@ -160,7 +162,7 @@ class BigEarthNetMM(Dataset):
         if self._with_s1:
             sample["image_s1"] = torch.from_numpy(arrays["s1"].astype(np.float32, copy=True))
         sample["label"] = torch.from_numpy(arrays["label"].astype(np.float32))
-        sample["patch"] = self.refs[int(self._rows[index])].patch
+        sample["patch"] = self.refs[row].patch
         if self.transforms is not None:
             sample = self.transforms(sample)
         return sample

@@ -113,7 +113,9 @@ class _ChunkResult:
 
 
 def _array_key(component: str) -> str:
-    return component.split("-", 1)[0]  # "labels" | "s2" | "s1"
+    """The PatchReader output a component stores: "label", "s2" or "s1"."""
+    kind = component.split("-", 1)[0]
+    return "label" if kind == "labels" else kind
 
 
 def _convert_chunk(job: _Job) -> _ChunkResult:
@@ -123,7 +125,7 @@ def _convert_chunk(job: _Job) -> _ChunkResult:
     skipped: list[tuple[str, str]] = []
     stats = {
         name: ChannelStatsAccumulator(out.shape[1])
-        for name, out in outputs.items() if _array_key(name) != "labels"
+        for name, out in outputs.items() if _array_key(name) != "label"
     }
     for offset, ref in enumerate(job.refs):
         try:

@@ -39,5 +39,5 @@ class PatchReader:
         if self.s2_bands:
             arrays["s2"] = read_s2(ref.s2_dir, ref.patch, self.s2_bands, self.resampling)
         if self.with_s1:
-            arrays["s1"] = self.speckle.apply(read_s1(ref.s1_dir, ref.s1_patch))
+            arrays["s1"] = self.speckle.apply(read_s1(ref.s1_dir, ref.s1_patch, ref.patch))
         return arrays

@@ -88,13 +88,15 @@ def read_s2(patch_dir: Path, patch: str, bands: tuple[str, ...],
     return out
 
 
-def read_s1(patch_dir: Path, patch: str) -> np.ndarray:
-    """VV and VH of one S1 patch as float32 dB (2, 120, 120), exactly as stored."""
+def read_s1(patch_dir: Path, s1_patch: str, patch: str | None = None) -> np.ndarray:
+    """VV and VH of one S1 patch as float32 dB (2, 120, 120), exactly as stored.
+
+    ``patch`` (the pair's S2 name, the dataset's identity) is what error messages name."""
     out = np.empty((len(S1_BANDS), PATCH_SIZE, PATCH_SIZE), dtype=np.float32)
     with rasterio.Env(**_GDAL_ENV):
         for channel, band in enumerate(S1_BANDS):
             out[channel] = _read_band(
-                patch_dir / f"{patch}_{band}.tif", patch, size=PATCH_SIZE, native=PATCH_SIZE,
+                patch_dir / f"{s1_patch}_{band}.tif", patch or s1_patch, size=PATCH_SIZE, native=PATCH_SIZE,
                 dtype="float32", resampling=Resampling.nearest,
             )
     return out

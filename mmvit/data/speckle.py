@@ -1,16 +1,30 @@
 """Speckle filters for Sentinel-1 images (thesis §6.2, Table 7.11), applied once at cache time.
 
 ``none``, ``median<k>`` and ``lee<k>`` with odd k in 3..15 (``median3``, ``median5``, ``lee5``).
+Every filter works on each channel (VV, VH) on its own, with mirrored borders (scipy
+``mode="reflect"``).
 
 * **median** runs on the dB values. 10·log10 is monotone, so the median of dB values is the dB
   of the median of linear powers: running in dB is exact, not an approximation.
-* **Lee** (Lee 1980, "Digital image enhancement and noise filtering by use of local statistics")
-  needs the multiplicative noise model, so it runs in **linear power**: with local mean m and
-  variance v over a k×k window, Cᵢ² = v/m², noise Cᵤ² = 1/ENL (ENL 4.4 for Sentinel-1 IW GRDH),
-  weight W = clip(1 − Cᵤ²/Cᵢ², 0, 1) and output m + W·(x − m), converted back to dB.
-  Homogeneous areas (Cᵢ ≈ Cᵤ) become their local mean; edges and point targets (Cᵢ ≫ Cᵤ) keep
-  their values.
-Neither scipy nor scikit-image ships a Lee filter, hence the few lines below.
+* **Lee** (Lee 1980, "Digital image enhancement and noise filtering by use of local
+  statistics"; Lee 1981) needs the multiplicative noise model, so it runs in **linear power**:
+  with local mean m and variance v over a k×k window, Cᵢ² = v/m², noise Cᵤ² = 1/ENL (ENL 4.4
+  for Sentinel-1 IW GRDH), weight W = clip(1 − Cᵤ²/Cᵢ², 0, 1) = clip(1 − Cᵤ²·m²/v, 0, 1) and
+  output m + W·(x − m), converted back to dB. Homogeneous areas (Cᵢ ≈ Cᵤ) become their local
+  mean; edges and point targets (Cᵢ ≫ Cᵤ) keep their values.
+
+Numerics of the Lee filter, so that any finite input gives a finite output:
+
+* powers are taken relative to each channel's brightest pixel, so they never overflow and the
+  filter commutes exactly with a dB offset (a −60 dB scene is filtered like a 0 dB one);
+* window sums are direct box correlations, not ``uniform_filter``'s running sums, whose
+  rounding error (relative to the brightest value seen along a line) can swamp v = E[x²] − m²
+  in dark areas that share a row with a bright target;
+* v = 0 (a constant window) gives W = 0, the local mean; a result that underflows to 0 power is
+  clamped to the smallest positive float64 (about −3077 dB below the channel's maximum).
+
+No maintained Python library ships a Lee filter (scipy and scikit-image do not; vigra's is a C++
+library, ``findpeaks`` a peak-detection package), hence the few lines below.
 """
 
 from __future__ import annotations
@@ -25,15 +39,32 @@ from scipy import ndimage
 from mmvit.errors import DataError
 
 S1_IW_GRDH_ENL = 4.4
-_PATTERN = re.compile(r"^(none|median(\d+)|lee(\d+))$")
-_EPS = 1e-12
+"""Equivalent number of looks of Sentinel-1 IW GRDH products (ESA product specification)."""
+
+SIZES = range(3, 16, 2)
+_PATTERN = re.compile(r"(none|median|lee)(\d*)")
+_TINY = np.finfo(np.float64).tiny
+
+
+def _rule(value: str) -> str:
+    return ("speckle filter must be 'none', 'median<k>' or 'lee<k>' with odd k in 3..15 "
+            f"(e.g. none, median3, median5, lee5), but got {value!r}.")
 
 
 @dataclass(frozen=True)
 class SpeckleFilter:
+    """A speckle filter; ``str()`` gives the canonical name used in cache keys and configs."""
+
     kind: Literal["none", "median", "lee"]
     size: int = 0
     enl: float = S1_IW_GRDH_ENL
+
+    def __post_init__(self) -> None:
+        if not (self.size == 0 if self.kind == "none" else
+                self.kind in ("median", "lee") and self.size in SIZES):
+            raise DataError(_rule(f"{self.kind}{self.size or ''}"))
+        if not self.enl > 0:
+            raise DataError(f"the Lee filter's equivalent number of looks must be > 0, but got {self.enl}.")
 
     def __str__(self) -> str:
         return "none" if self.kind == "none" else f"{self.kind}{self.size}"
@@ -43,26 +74,33 @@ class SpeckleFilter:
         image = np.asarray(s1_db, dtype=np.float32)
         if self.kind == "none":
             return image.copy()
-        window = (1, self.size, self.size)  # per channel, never across VV and VH
         if self.kind == "median":
-            return ndimage.median_filter(image, size=window, mode="reflect")
-        power = np.power(10.0, image.astype(np.float64) / 10.0)
-        mean = ndimage.uniform_filter(power, size=window, mode="reflect")
-        variance = np.maximum(ndimage.uniform_filter(power**2, size=window, mode="reflect") - mean**2, 0.0)
-        ci2 = variance / np.maximum(mean**2, _EPS)
-        weight = np.clip(1.0 - (1.0 / self.enl) / np.maximum(ci2, _EPS), 0.0, 1.0)
-        filtered = mean + weight * (power - mean)
-        return (10.0 * np.log10(np.maximum(filtered, _EPS))).astype(np.float32)
+            return ndimage.median_filter(image, size=(1, self.size, self.size), mode="reflect")
+        return _lee(image, self.size, self.enl)
+
+
+def _box_mean(values: np.ndarray, size: int) -> np.ndarray:
+    """k×k window mean per channel from direct sums (exact to rounding in each window)."""
+    kernel = np.full(size, 1.0 / size)
+    rows = ndimage.correlate1d(values, kernel, axis=-2, mode="reflect")
+    return ndimage.correlate1d(rows, kernel, axis=-1, mode="reflect")
+
+
+def _lee(image_db: np.ndarray, size: int, enl: float) -> np.ndarray:
+    reference = image_db.max(axis=(-2, -1), keepdims=True).astype(np.float64)
+    power = np.power(10.0, (image_db - reference) / 10.0)
+    mean = _box_mean(power, size)
+    variance = np.maximum(_box_mean(power * power, size) - mean * mean, 0.0)
+    excess = variance - mean * mean / enl  # v − Cᵤ²·m²: signal variance beyond speckle
+    weight = np.divide(excess, variance, out=np.zeros_like(variance), where=variance > 0)
+    filtered = mean + np.clip(weight, 0.0, 1.0) * (power - mean)
+    return (10.0 * np.log10(np.maximum(filtered, _TINY)) + reference).astype(np.float32)
 
 
 def parse_speckle_filter(text: str) -> SpeckleFilter:
     """``"median5"`` → SpeckleFilter("median", 5); a clear error for anything else."""
-    match = _PATTERN.match(str(text).strip())
-    size = int(match.group(2) or match.group(3)) if match and match.group(1) != "none" else 0
-    if not match or (match.group(1) != "none" and not (3 <= size <= 15 and size % 2 == 1)):
-        raise DataError(
-            "speckle filter must be 'none', 'median<k>' or 'lee<k>' with odd k in 3..15 "
-            f"(e.g. median3, median5, lee5), but got {text!r}."
-        )
-    kind = "none" if match.group(1) == "none" else ("median" if match.group(2) else "lee")
-    return SpeckleFilter(kind, size)
+    match = _PATTERN.fullmatch(str(text).strip().lower())
+    kind, digits = match.groups() if match else ("", "")
+    if not match or (kind == "none") != (digits == "") or (kind != "none" and int(digits) not in SIZES):
+        raise DataError(_rule(str(text)))
+    return SpeckleFilter(kind, int(digits or 0))  # type: ignore[arg-type]

@@ -115,9 +115,11 @@ def _better(metric: str, value: float, best: float | None) -> bool:
 
 
 def build_model(config: TrialConfig, in_chans: dict[str, int]) -> nn.Module:
-    from mmvit.models import create_model
+    from mmvit.models import create_model, hyperparameters
 
-    hparams = config.model.model_dump(exclude={"fusion"})
+    # A TrialConfig holds every model's hyper-parameters; each model takes its own.
+    own = hyperparameters(config.model.fusion)
+    hparams = {k: v for k, v in config.model.model_dump(exclude={"fusion"}).items() if k in own}
     torch.manual_seed(config.seed)  # paired initial weights across arms with equal shapes
     return create_model(config.model.fusion, in_chans=in_chans, num_classes=19, img_size=120, **hparams)
 
