@@ -1,7 +1,8 @@
-"""Data-path benchmark; same as `mmvit-study bench data`. Usage: python benchmarks/data.py [ROOT]"""
+"""Data-path benchmark; same as `mmvit-study bench data`. Usage: python benchmarks/data.py [ROOT] [OPTIONS]"""
 
 import sys
 
 from mmvit.cli import app
 
-app(["bench", "data", *sys.argv[1:]], prog_name="mmvit-study")
+if __name__ == "__main__":  # cache conversion spawns workers that re-import this module
+    app(["bench", "data", *sys.argv[1:]], prog_name="mmvit-study")

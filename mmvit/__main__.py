@@ -1,3 +1,4 @@
 from mmvit.cli import app
 
-app(prog_name="mmvit-study")
+if __name__ == "__main__":  # spawned worker processes re-import this module
+    app(prog_name="mmvit-study")

@@ -158,7 +158,8 @@ class BigEarthNetMM(Dataset):
         sample: Sample = {}
         if self._optical:
             s2 = arrays["s2"]
-            sample["image_s2"] = torch.from_numpy(s2[self._channels].astype(np.float32))
+            s2 = s2 if len(self._channels) == len(s2) else s2[self._channels]
+            sample["image_s2"] = torch.from_numpy(s2.astype(np.float32))  # the one copy
         if self._with_s1:
             sample["image_s1"] = torch.from_numpy(arrays["s1"].astype(np.float32, copy=True))
         sample["label"] = torch.from_numpy(arrays["label"].astype(np.float32))
