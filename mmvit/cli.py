@@ -142,7 +142,7 @@ def bench_data(
 
     result = run_data_benchmark(_root(root), direct_patches=patches, batches=batches,
                                 batch_size=batch_size, workers=workers, cache_dir=cache_dir)
-    console.print(result.summary())
+    console.print(result.summary(), soft_wrap=True, highlight=False)
 
 
 @app.command("train")
@@ -160,3 +160,23 @@ def train(
     trial = load_trial_config(config, set_, data)
     result = train_trial(trial, checkpoint_dir=checkpoint_dir, progress=console.is_terminal)
     print_trial_result(console, trial, result)
+
+
+@bench_app.command("models")
+def bench_models(
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 32,
+    steps: Annotated[int, typer.Option(help="Timed steps per network and round.")] = 10,
+    rounds: Annotated[int, typer.Option(help="Rounds; the fastest is kept.")] = 3,
+    config: Annotated[list[str], typer.Option(help="small and/or thesis.")] = ["small", "thesis"],
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda (default: cuda if present).")] = None,
+) -> None:
+    """Training samples/s and peak memory of every model next to timm's VisionTransformer."""
+    from mmvit.bench.models import SMALL, THESIS, run_model_benchmark, summary
+
+    chosen = {"small": SMALL, "thesis": THESIS}
+    unknown = [c for c in config if c not in chosen]
+    if unknown:
+        raise MMViTError(f"--config must be small or thesis, but got {', '.join(unknown)}.")
+    rows = run_model_benchmark([chosen[c] for c in config], batch_size=batch_size, steps=steps,
+                               rounds=rounds, device=device)
+    console.print(summary(rows), soft_wrap=True, highlight=False)
