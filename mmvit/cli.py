@@ -17,7 +17,7 @@ from typer.core import TyperGroup
 
 from mmvit.errors import MMViTError
 
-console = Console()
+console = Console(soft_wrap=True)  # long paths stay on one line
 errors = Console(stderr=True)
 
 
