@@ -90,3 +90,18 @@ def test_train_command_rejects_unknown_key_without_traceback(tmp_path):
     result = CliRunner().invoke(app, ["train", "--set", "model.dept=4"])
     assert result.exit_code == 1
     assert "model.dept" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("fusion", ["vit", "early", "modality_token", "channel_token", "middle",
+                                    "cross_attention", "sct"])
+def test_every_model_trains_through_the_command(demo_root, tmp_path, fusion):
+    modalities = "rgb" if fusion == "vit" else "rgb+s1"
+    result = CliRunner().invoke(app, [
+        "train", "--data", str(demo_root), "--set", f"model.fusion={fusion}",
+        "--set", f"data.modalities={modalities}", "--set", "train.epochs=1", "--set", "train.batch_size=16",
+        "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "data.num_workers=0",
+        "--set", "model.modality_depth=1", "--set", "model.fusion_depth=1",
+        *(f"--set=model.{k}={v}" for k, v in TINY.items()),
+    ])
+    assert result.exit_code == 0, result.output
+    assert f"{fusion} on {modalities}" in result.output and "best epoch 1 of 1" in result.output
