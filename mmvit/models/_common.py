@@ -8,6 +8,8 @@ block, and every model has ``forward_features`` / ``forward_head`` / ``forward``
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
+
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -204,7 +206,7 @@ def init_weights(model: nn.Module) -> None:
     model.apply(init_weights_vit_timm)
 
 
-class ClassTokenViT(nn.Module):
+class ClassTokenViT(nn.Module, metaclass=ABCMeta):
     """A ViT whose head reads token 0 of ``forward_features`` (the class token)."""
 
     model_name: ClassVar[str]
@@ -214,8 +216,9 @@ class ClassTokenViT(nn.Module):
     """Tokens in each sequence an attention layer sees (the class token included)."""
     head: nn.Module
 
+    @abstractmethod
     def forward_features(self, x: Mapping[str, Tensor]) -> Tensor:
-        raise NotImplementedError
+        """Tokens after the encoder(s) and norm, class token first: (B, N, D)."""
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = x[:, 0]
@@ -263,10 +266,10 @@ class SingleEncoderViT(ClassTokenViT):
         self.head = make_head(embed_dim, num_classes)
         init_weights(self)
 
+    @abstractmethod
     def tokenizers(self, in_chans: dict[str, int], img_size: int, patch_size: int,
                    embed_dim: int) -> list[nn.Module]:
         """Modules ``x -> (B, N, D)`` whose tokens follow the class token, in order."""
-        raise NotImplementedError
 
     def forward_features(self, x: Mapping[str, Tensor]) -> Tensor:
         check_inputs(self.model_name, x, self.in_chans)
