@@ -180,3 +180,30 @@ def bench_models(
     rows = run_model_benchmark([chosen[c] for c in config], batch_size=batch_size, steps=steps,
                                rounds=rounds, device=device)
     console.print(summary(rows), soft_wrap=True, highlight=False)
+
+
+@app.command("validate")
+def validate(
+    file: Annotated[Path, typer.Argument(help="A study file (YAML).")],
+    train_patches: Annotated[Optional[int], typer.Option(help="Training patches for the cost estimate (default: the v1 train split).")] = 269_695,
+) -> None:
+    """Check a study file and print its plan: arms, seeds, trials, a rough cost."""
+    from mmvit.study.plan import REFERENCE_TFLOPS, plan_study
+    from mmvit.study.spec import load_spec
+
+    spec = load_spec(file)
+    plan = plan_study(spec, train_patches)
+    console.print(f"[bold]{spec.study}[/] — {spec.description or 'no description'}")
+    table = Table("arm", "parameters", "tokens", "epochs", "search trials", "seed trials")
+    table.columns[0].no_wrap = True
+    for arm in plan.arms:
+        table.add_row(arm.name, f"{arm.parameters / 1e6:.2f}M", str(arm.tokens), str(arm.epochs),
+                      str(arm.search_trials), str(arm.seed_trials))
+    console.print(table)
+    console.print(f"{len(plan.arms)} arm(s) × {len(spec.seeds)} seed(s) {spec.seeds}"
+                  + (f" + {spec.search.trials_per_arm} {spec.search.sampler} search trial(s) per arm"
+                     if spec.search else "")
+                  + f" = {plan.total_trials} trial(s); selection on validation {spec.metric} ({spec.direction})")
+    if plan.gpu_hours is not None:
+        console.print(f"rough cost: {plan.gpu_hours:,.1f} GPU-hours at {REFERENCE_TFLOPS:.0f} TFLOP/s effective "
+                      f"(6·params·tokens per sample-pass, {train_patches:,} training patches, no early stopping)")

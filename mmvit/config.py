@@ -56,8 +56,12 @@ class DataConfig(_Section):
     @classmethod
     def _speckle(cls, value: str) -> str:
         from mmvit.data.speckle import parse_speckle_filter
+        from mmvit.errors import DataError
 
-        return str(parse_speckle_filter(value))
+        try:
+            return str(parse_speckle_filter(value))
+        except DataError as error:
+            raise ValueError(str(error)) from None
 
 
 class AugmentConfig(_Section):

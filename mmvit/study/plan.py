@@ -1,0 +1,75 @@
+"""What a study runs: arms (the ablation grid) × seeds, plus per-arm search trials."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+from mmvit.study.spec import StudySpec, arm_name, resolve_arm
+
+REFERENCE_TFLOPS = 50.0
+"""Assumed effective training throughput of one GPU for the rough cost estimate (bf16)."""
+
+
+def arms_of(spec: StudySpec) -> list[dict[str, Any]]:
+    """Every combination of the ablation axes, in file order (one empty arm without axes)."""
+    keys = list(spec.ablate)
+    return [dict(zip(keys, values)) for values in itertools.product(*(spec.ablate[k] for k in keys))]
+
+
+@dataclass
+class ArmPlan:
+    name: str
+    arm: dict[str, Any]
+    parameters: int
+    tokens: int
+    epochs: int
+    train_patches: int | None
+    search_trials: int
+    seed_trials: int
+
+    @property
+    def train_flops(self) -> float | None:
+        """6 · parameters · tokens per sample-pass (forward + backward), summed over trials."""
+        if self.train_patches is None:
+            return None
+        passes = self.train_patches * self.epochs * (self.search_trials + self.seed_trials)
+        return 6.0 * self.parameters * self.tokens * passes
+
+
+@dataclass
+class StudyPlan:
+    spec: StudySpec
+    arms: list[ArmPlan]
+
+    @property
+    def total_trials(self) -> int:
+        return sum(a.search_trials + a.seed_trials for a in self.arms)
+
+    @property
+    def gpu_hours(self) -> float | None:
+        flops = [a.train_flops for a in self.arms]
+        if any(f is None for f in flops):
+            return None
+        return sum(flops) / (REFERENCE_TFLOPS * 1e12) / 3600
+
+
+def plan_study(spec: StudySpec, train_patches: int | None = None) -> StudyPlan:
+    """Resolve every arm; parameters and tokens from a model built on the meta device."""
+    import torch
+
+    from mmvit.data.bands import input_channels
+    from mmvit.train.loop import build_model
+
+    plans = []
+    for arm in arms_of(spec):
+        config = resolve_arm(spec, arm, spec.seeds[0])
+        with torch.device("meta"):
+            model = build_model(config, input_channels(config.data.modalities))
+        plans.append(ArmPlan(
+            name=arm_name(arm), arm=arm, parameters=sum(p.numel() for p in model.parameters()),
+            tokens=int(model.num_tokens), epochs=config.train.epochs, train_patches=train_patches,
+            search_trials=spec.search.trials_per_arm if spec.search else 0, seed_trials=len(spec.seeds),
+        ))
+    return StudyPlan(spec, plans)

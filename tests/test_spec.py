@@ -1,0 +1,116 @@
+"""Study files: a valid plan, and a corpus of bad files each refused with its own message."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from mmvit.cli import app
+from mmvit.study.plan import plan_study
+from mmvit.study.spec import load_spec, parse_spec, resolve_arm
+
+runner = CliRunner()
+
+GOOD = """\
+study: fusion-depth
+description: two axes and a search
+base:
+  model: {embed_dim: 128, num_heads: 4}
+ablate:
+  model.fusion: [early, sct]
+  model.depth: [2, 4]
+seeds: [0, 1, 2]
+search:
+  sampler: tpe
+  trials_per_arm: 5
+  params:
+    train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+    model.drop_rate: {type: categorical, choices: [0.0, 0.1]}
+  asha: {grace_period: 2, reduction_factor: 3}
+metric: hamming_loss
+resources: {cpu: 2, gpu: 0.5}
+"""
+
+
+def test_good_spec_plan():
+    spec = parse_spec(GOOD, "good.yaml")
+    plan = plan_study(spec, train_patches=1000)
+    assert [a.name for a in plan.arms] == [
+        "model.fusion=early, model.depth=2", "model.fusion=early, model.depth=4",
+        "model.fusion=sct, model.depth=2", "model.fusion=sct, model.depth=4"]
+    assert plan.total_trials == 4 * (5 + 3)
+    assert spec.direction == "minimize"
+    config = resolve_arm(spec, plan.arms[3].arm, seed=2)
+    assert (config.model.fusion, config.model.depth, config.model.embed_dim, config.seed) == ("sct", 4, 128, 2)
+    assert config.train.metric == "hamming_loss"
+    assert plan.arms[2].parameters > plan.arms[0].parameters  # sct has two encoders
+
+
+def test_digest_changes_with_content():
+    assert parse_spec(GOOD).digest() == parse_spec(GOOD).digest()
+    assert parse_spec(GOOD).digest() != parse_spec(GOOD.replace("[0, 1, 2]", "[0, 1]")).digest()
+
+
+def test_shipped_study_files_validate():
+    from pathlib import Path
+
+    files = sorted(Path(__file__).parent.parent.joinpath("search_spaces").glob("*.yaml"))
+    assert files
+    for path in files:
+        assert load_spec(path).study == path.stem
+
+
+BAD = [  # (file text, line, words the message must hold)
+    ("study: x\nablate:\n  model.dept: [2, 4]\n", 3, ["'model.dept'", "did you mean 'model.depth'"]),
+    ("study: x\nablate:\n  model.patch_size: [16]\n", 3, ["patch_size must divide", "got 16"]),
+    ("study: x\nbase:\n  model: {embed_dim: 250}\n", 2, ["embed_dim", "num_heads", "250"]),
+    ("study: x\nbase:\n  data: {modalities: s2}\n", 2, ["needs two modalities"]),
+    ("study: x\nsearch:\n  params:\n    train.lr: {type: float, low: 5, high: 2}\n", 4, ["`low <= high` must hold", "low=5.0, high=2.0"]),
+    ("study: x\nsearch:\n  params:\n    train.lr: {type: float, low: 0, high: 1, log: true}\n", 4, ["log-scaled", "low > 0"]),
+    ("study: x\nsearch:\n  params:\n    model.drop_rate: {type: categorical, choices: []}\n", 4, ["non-empty `choices`"]),
+    ("study: x\nsearch:\n  params:\n    train.lr: {type: float}\n", 4, ["needs `low` and `high`"]),
+    ("study: x\nsearch:\n  sampler: bayes\n  params: {}\n", 3, ["search.sampler", "'tpe'", "'bayes'"]),
+    ("study: x\nsearch:\n  params:\n    train.lr: {type: float, low: 1, high: 2}\n  asha: {grace_period: 9, max_t: 3}\n", 5, ["grace_period <= max_t"]),
+    ("study: x\nablate:\n  train.lr: [0.1]\nsearch:\n  params:\n    train.lr: {type: float, low: 0.1, high: 1}\n", 6, ["both ablated and searched"]),
+    ("study: x\nmetric: ap_marco\n", 2, ["did you mean 'ap_macro'"]),
+    ("study: x\nseeds: [1, 1]\n", 2, ["distinct integers"]),
+    ("study: x\nseeds: []\n", 2, ["non-empty list"]),
+    ("study: x\nablate:\n  model.depth: []\n", 3, ["needs at least one value"]),
+    ("study: x\nablate:\n  model.depth: [2, 2]\n", 3, ["repeats a value"]),
+    ("study: 'my study/1'\n", 1, ["names a folder"]),
+    ("study: x\nresources: {cpu: 0}\n", 2, ["resources.cpu", "greater than 0"]),
+    ("study: x\nresources: {gpu: -1}\n", 2, ["resources.gpu"]),
+    ("study: x\nmax_concurrent: 0\n", 2, ["max_concurrent"]),
+    ("study: x\nseed: [0]\n", 2, ["seed is not a known key", "did you mean 'seeds'"]),
+    ("study: x\nbase:\n  model: {depht: 4}\n", 3, ["model.depht is not a known key", "did you mean 'depth'"]),
+    ("study: x\nbase:\n  train: {epochs: -3}\n", 3, ["train.epochs", "greater than 0"]),
+    ("study: x\nbase:\n  data: {speckle_filter: median4}\n", 3, ["odd k in 3..15", "median4"]),
+    ("study: x\nablate:\n  model.fusion: [sct, latefusion]\n", 3, ["model must be one of", "latefusion"]),
+    ("study: x\nablate:\n  model.fusion: [sct]\n  model.modality_depth: [2, 4]\n", 4, ["model.modality_depth does not apply to model 'sct'"]),
+    ("study: x\nablate: [1, 2\n", 3, ["not valid YAML"]),
+    ("- just\n- a list\n", None, ["must be a mapping"]),
+    ("description: no name\n", None, ["study", "Field required"]),
+]
+
+
+@pytest.mark.parametrize("text, line, words", BAD, ids=[f"bad{i:02d}" for i in range(len(BAD))])
+def test_bad_spec_is_refused_with_its_message(tmp_path, text, line, words):
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 1, result.output
+    output = " ".join(result.output.split())
+    assert "Traceback" not in output
+    prefix = f"{path}:{line}:" if line else str(path)
+    assert prefix in output, output
+    for word in words:
+        assert word in output, (word, output)
+
+
+def test_validate_prints_the_plan(tmp_path):
+    path = tmp_path / "good.yaml"
+    path.write_text(GOOD)
+    result = runner.invoke(app, ["validate", str(path), "--train-patches", "1000"])
+    assert result.exit_code == 0, result.output
+    assert "4 arm(s) × 3 seed(s)" in result.output and "= 32 trial(s)" in result.output
+    assert "GPU-hours" in result.output and "minimize" in result.output
