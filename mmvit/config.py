@@ -99,13 +99,9 @@ class TrainConfig(_Section):
     @field_validator("metric")
     @classmethod
     def _metric(cls, value: str) -> str:
-        from mmvit.train.metrics import HIGHER_IS_BETTER
+        from mmvit.train.metrics import check_metric
 
-        if value not in HIGHER_IS_BETTER:
-            close = difflib.get_close_matches(value, HIGHER_IS_BETTER, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"metric must be one of {', '.join(HIGHER_IS_BETTER)}, but got {value!r}.{hint}")
-        return value
+        return check_metric(value)
 
 
 class TrialConfig(_Section):

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mmvit.config import TrialConfig, describe_validation_error, set_dotted, trial_config
 from mmvit.errors import SpecError
-from mmvit.train.metrics import HIGHER_IS_BETTER
+from mmvit.train.metrics import HIGHER_IS_BETTER, check_metric
 
 
 class _Strict(BaseModel):
@@ -110,11 +110,7 @@ class StudySpec(_Strict):
     @field_validator("metric")
     @classmethod
     def _metric(cls, value: str) -> str:
-        if value not in HIGHER_IS_BETTER:
-            close = difflib.get_close_matches(value, HIGHER_IS_BETTER, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"must be one of {', '.join(HIGHER_IS_BETTER)}, but got {value!r}{hint}")
-        return value
+        return check_metric(value)
 
     @property
     def direction(self) -> str:

@@ -27,6 +27,17 @@ HIGHER_IS_BETTER: dict[str, bool] = {
 """Scalar metrics and their direction (for selection on the validation split)."""
 
 
+def check_metric(name: str) -> str:
+    """``name`` if it is a scalar metric; otherwise a ValueError with the valid names."""
+    if name not in HIGHER_IS_BETTER:
+        import difflib
+
+        close = difflib.get_close_matches(name, HIGHER_IS_BETTER, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"metric must be one of {', '.join(HIGHER_IS_BETTER)}, but got {name!r}{hint}")
+    return name
+
+
 def average_precision(targets: np.ndarray, scores: np.ndarray) -> float:
     """AP = Σ (Rₙ − Rₙ₋₁)·Pₙ over distinct score thresholds (thesis Eq. 6.6; scikit-learn's
     definition, ties at one threshold counted together). NaN without positives."""
