@@ -60,10 +60,11 @@ def check_in_chans(model_name: str, in_chans: Any, fusion: bool) -> dict[str, in
         positive_int(f"in_chans[{key!r}]", chans)
     if fusion and len(in_chans) != 2:
         raise SpecError(f"fusion model {model_name!r} needs two modalities ('s2' and 's1'), "
-                        f"but got in_chans={dict(in_chans)!r}")
+                        f"but got in_chans={dict(in_chans)!r}; use data.modalities s2+s1 or rgb+s1")
     if not fusion and len(in_chans) != 1:
         raise SpecError(f"model {model_name!r} takes one modality ('s2' or 's1'; a fusion model takes "
-                        f"both), but got in_chans={dict(in_chans)!r}")
+                        f"both), but got in_chans={dict(in_chans)!r}; use data.modalities s2, s1 or rgb, "
+                        "or a fusion model")
     return {key: in_chans[key] for key in MODALITIES if key in in_chans}
 
 
