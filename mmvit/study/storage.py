@@ -1,0 +1,132 @@
+"""Optuna storage — the single source of truth of a study — and what a study records in it.
+
+SQLite at ``studies/<study>/optuna.db`` by default; any SQLAlchemy URL (PostgreSQL on a
+cluster) otherwise. Credentials in a URL are never printed: :func:`redact`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import optuna
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from mmvit.errors import StudyError
+from mmvit.study.spec import StudySpec
+
+PACKAGES = ("mmvit-study", "torch", "timm", "optuna", "ray", "rasterio", "numpy")
+
+
+def storage_url(study: str, studies_dir: Path, url: str | None = None) -> str:
+    """``url`` if given, else SQLite in ``studies_dir/<study>/optuna.db`` (folder created)."""
+    if url:
+        return url
+    folder = Path(studies_dir) / study
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(folder / 'optuna.db').resolve()}"
+
+
+def redact(url: str) -> str:
+    """``postgresql://user:***@host/db`` — the form logs, the progress view and reports show."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparsable storage URL>"
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """An RDBStorage instance (Ray's OptunaSearch rejects the URL string form)."""
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+    except Exception as error:  # SQLAlchemy and drivers raise many unrelated types
+        raise StudyError(f"Cannot open the study storage {redact(url)} ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0]}). Check the URL, the server and the driver "
+                         "(PostgreSQL needs `pip install -e '.[postgres]'`).") from None
+
+
+def environment() -> dict[str, Any]:
+    """Package versions and the git commit of the working directory (None outside a repo)."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"versions": versions, "git_commit": commit}
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: value}
+
+
+def spec_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
+    """(changes, additions) between two resolved specs. New seeds and new values of an existing
+    ablation axis are additions — they extend a study; anything else is a change."""
+    changes, additions = [], []
+    old_seeds, new_seeds = old.get("seeds", []), new.get("seeds", [])
+    if set(old_seeds) <= set(new_seeds):
+        additions += [f"seed {s}" for s in new_seeds if s not in old_seeds]
+    else:
+        changes.append(f"seeds {old_seeds} → {new_seeds}")
+    old_axes, new_axes = old.get("ablate", {}), new.get("ablate", {})
+    if old_axes.keys() != new_axes.keys():
+        changes.append(f"ablation axes {list(old_axes)} → {list(new_axes)}")
+    else:
+        for axis, values in new_axes.items():
+            before = [json.dumps(v, sort_keys=True) for v in old_axes[axis]]
+            after = [json.dumps(v, sort_keys=True) for v in values]
+            if set(before) <= set(after):
+                additions += [f"{axis}={v}" for v, text in zip(values, after) if text not in before]
+            else:
+                changes.append(f"ablate.{axis} {old_axes[axis]} → {values}")
+    rest_old = _flatten({k: v for k, v in old.items() if k not in ("seeds", "ablate", "description")})
+    rest_new = _flatten({k: v for k, v in new.items() if k not in ("seeds", "ablate", "description")})
+    for key in sorted(rest_old.keys() | rest_new.keys()):
+        if rest_old.get(key) != rest_new.get(key):
+            changes.append(f"{key}: {rest_old.get(key)!r} → {rest_new.get(key)!r}")
+    return changes, additions
+
+
+def ensure_study(storage: optuna.storages.BaseStorage, spec: StudySpec, *, source: str,
+                 archive: str, profile: str) -> tuple[optuna.Study, list[str]]:
+    """Create the study with its identity attributes, or load it and check the spec is the same
+    (additions extend it). Returns the study and the additions."""
+    resolved = spec.model_dump(mode="json")
+    study = optuna.create_study(storage=storage, study_name=spec.study, direction=spec.direction,
+                                load_if_exists=True)
+    stored = study.user_attrs.get("spec")
+    additions: list[str] = []
+    if stored is not None:
+        changes, additions = spec_changes(stored, resolved)
+        if changes:
+            raise StudyError(
+                f"The study {spec.study!r} in this storage was started from a different {source}: "
+                + "; ".join(changes) + ". Restore the file, or give the changed study a new `study:` "
+                "name (new seeds and new values of an existing axis are allowed: they extend the study).")
+        if study.user_attrs.get("profile", profile) != profile:
+            raise StudyError(f"The study {spec.study!r} was run with the {study.user_attrs['profile']!r} "
+                             f"profile, not {profile!r}; a study keeps one profile. Run it with that "
+                             "profile, or give this run a new `study:` name.")
+    if stored is None or additions:
+        study.set_user_attr("spec", resolved)
+        study.set_user_attr("spec_hash", spec.digest())
+        study.set_user_attr("archive", archive)
+        study.set_user_attr("profile", profile)
+        study.set_user_attr("environment", environment())
+    return study, additions

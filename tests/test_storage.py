@@ -1,0 +1,83 @@
+"""Study storage: location, redaction, identity attributes, changed-spec refusal, additions."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from mmvit.errors import StudyError
+from mmvit.study.spec import parse_spec
+from mmvit.study.storage import ensure_study, open_storage, redact, spec_changes, storage_url
+
+SPEC = """\
+study: depth
+ablate:
+  model.fusion: [early, sct]
+  model.depth: [2, 4]
+seeds: [0, 1]
+base:
+  train: {epochs: 3}
+"""
+
+
+def _open(tmp_path, text=SPEC, profile="quick"):
+    storage = open_storage(storage_url("depth", tmp_path / "studies"))
+    return ensure_study(storage, parse_spec(text, "depth.yaml"), source="depth.yaml",
+                        archive="demo", profile=profile)
+
+
+def test_default_storage_is_sqlite_under_studies(tmp_path):
+    url = storage_url("depth", tmp_path / "studies")
+    assert url == f"sqlite:///{(tmp_path / 'studies' / 'depth' / 'optuna.db').resolve()}"
+    assert storage_url("depth", tmp_path, "postgresql://u:p@h/db") == "postgresql://u:p@h/db"
+
+
+def test_redact_hides_the_password():
+    assert redact("postgresql://alice:s3cret@db.lab:5432/studies") == "postgresql://alice:***@db.lab:5432/studies"
+    assert "s3cret" not in redact("postgresql+psycopg://alice:s3cret@db/studies")
+
+
+def test_new_study_records_its_identity(tmp_path):
+    study, additions = _open(tmp_path)
+    attrs = study.user_attrs
+    assert additions == [] and attrs["profile"] == "quick" and attrs["archive"] == "demo"
+    assert attrs["spec"]["ablate"]["model.depth"] == [2, 4] and len(attrs["spec_hash"]) == 16
+    assert attrs["environment"]["versions"]["optuna"] == optuna.__version__
+    again, additions = _open(tmp_path)
+    assert additions == [] and again._study_id == study._study_id
+
+
+@pytest.mark.parametrize("edit, named", [
+    (("train: {epochs: 3}", "train: {epochs: 5}"), "base.train.epochs: 3 → 5"),
+    (("model.depth: [2, 4]", "model.depth: [2, 8]"), "ablate.model.depth [2, 4] → [2, 8]"),
+    (("seeds: [0, 1]", "seeds: [1]"), "seeds [0, 1] → [1]"),
+    (("  model.depth: [2, 4]\n", ""), "ablation axes"),
+])
+def test_changed_spec_is_refused_naming_the_change(tmp_path, edit, named):
+    _open(tmp_path)
+    with pytest.raises(StudyError) as error:
+        _open(tmp_path, SPEC.replace(*edit))
+    assert named in str(error.value) and "new `study:` name" in str(error.value)
+
+
+def test_additions_extend_the_study(tmp_path):
+    _open(tmp_path)
+    study, additions = _open(tmp_path, SPEC.replace("seeds: [0, 1]", "seeds: [0, 1, 2]")
+                             .replace("model.depth: [2, 4]", "model.depth: [2, 4, 8]"))
+    assert additions == ["seed 2", "model.depth=8"]
+    assert study.user_attrs["spec"]["seeds"] == [0, 1, 2]
+
+
+def test_profile_is_part_of_the_study(tmp_path):
+    _open(tmp_path)
+    with pytest.raises(StudyError, match="'quick' profile, not 'full'"):
+        _open(tmp_path, profile="full")
+
+
+def test_spec_changes_ignores_description():
+    assert spec_changes({"description": "a", "seeds": [0]}, {"description": "b", "seeds": [0]}) == ([], [])
+
+
+def test_unreachable_storage_is_a_clear_error():
+    with pytest.raises(StudyError, match="Cannot open the study storage postgresql://u:\\*\\*\\*@127.0.0.1:1/x"):
+        open_storage("postgresql://u:pw@127.0.0.1:1/x")
