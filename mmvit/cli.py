@@ -207,3 +207,59 @@ def validate(
     if plan.gpu_hours is not None:
         console.print(f"rough cost: {plan.gpu_hours:,.1f} GPU-hours at {REFERENCE_TFLOPS:.0f} TFLOP/s effective "
                       f"(6·params·tokens per sample-pass, {train_patches:,} training patches, no early stopping)")
+
+
+@app.command("run")
+def run(
+    file: Annotated[Path, typer.Argument(help="A study file (YAML).")],
+    data: Annotated[Optional[Path], typer.Option(help="Archive root (default: the demo archive, quick profile).")] = None,
+    studies_dir: Annotated[Path, typer.Option(help="Where studies/<study>/ lives.")] = Path("studies"),
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL (default: SQLite in studies/<study>/).")] = None,
+    profile: Annotated[Optional[str], typer.Option(help="quick or full (default: quick on the demo archive).")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Join a running Ray cluster (auto or HOST:PORT).")] = None,
+    retry_failed: Annotated[bool, typer.Option(help="Run failed trials again.")] = False,
+    verbose: Annotated[bool, typer.Option(help="Show Ray's logs.")] = False,
+) -> None:
+    """Run (or resume) a study: every arm × seed, recorded in Optuna storage."""
+    from mmvit.study.runner import run_study
+    from mmvit.study.storage import redact, storage_url
+
+    summary = run_study(file, studies_dir=studies_dir, storage=storage,
+                        data=str(data) if data else None, profile=profile, address=address,
+                        retry_failed=retry_failed, verbose=verbose)
+    console.print(f"{summary.planned} trial(s) planned: {summary.already_done} already done, "
+                  f"{summary.ran} run now, {len(summary.failed)} failed · {summary.seconds:,.0f} s")
+    for line in summary.failed:
+        console.print(f"  failed: {line}", highlight=False)
+    from mmvit.study.spec import load_spec
+
+    study = load_spec(file).study
+    console.print(f"storage: {redact(storage_url(study, studies_dir, storage))} — see `mmvit-study status {study}`")
+
+
+@app.command("status")
+def status(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    studies_dir: Annotated[Path, typer.Option(help="Where studies/<study>/ lives.")] = Path("studies"),
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL.")] = None,
+) -> None:
+    """The arms × seeds table of a study, from storage."""
+    from mmvit.study.runner import status_rows
+
+    loaded, trials = status_rows(study, studies_dir=studies_dir, storage=storage)
+    metric = loaded.user_attrs.get("spec", {}).get("metric", "ap_macro")
+    from rich import box
+
+    table = Table("arm", "seed", "state", "epochs", "val", "AP micro", "AP macro", "F2", "HL",
+                  title=f"{study} ({loaded.user_attrs.get('profile', '?')} profile)", box=box.SIMPLE_HEAD,
+                  padding=(0, 1), caption=f"val: validation {metric}; AP micro … HL: test split at the "
+                                          "best validation epoch")
+    for column in table.columns:
+        column.no_wrap = True
+    fmt = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
+    for trial in trials:
+        test = trial.user_attrs.get("test", {})
+        table.add_row(str(trial.user_attrs.get("arm")), str(trial.user_attrs.get("seed")), trial.state.name,
+                      str(len(trial.user_attrs.get("history", []))), fmt(trial.value),
+                      *(fmt(test.get(k)) for k in ("ap_micro", "ap_macro", "f2", "hamming_loss")))
+    console.print(table)

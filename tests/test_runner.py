@@ -1,0 +1,128 @@
+"""The study runner end to end on the demo archive: grid, storage records, resume, extension."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from mmvit.cli import app
+from mmvit.errors import StudyError
+from mmvit.study.runner import StudyJob, config_key, run_study
+from mmvit.study.spec import load_spec, parse_spec
+from mmvit.study.storage import open_storage, storage_url
+from mmvit.train.loop import train_trial
+
+SPEC = """\
+study: grid
+ablate:
+  model.fusion: [early, sct]
+seeds: [0, 1]
+base:
+  model: {patch_size: 30, depth: 1}
+resources: {cpu: 1}
+"""
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    ray.init(include_dashboard=False, log_to_driver=False, num_cpus=2, object_store_memory=100 * 2**20,
+             logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def _study(tmp_path, name="grid"):
+    return optuna.load_study(study_name=name, storage=open_storage(storage_url(name, tmp_path / "studies")))
+
+
+def test_grid_runs_every_arm_and_seed_once_and_resumes(ray_session, tmp_path, demo_root):
+    path = tmp_path / "grid.yaml"
+    path.write_text(SPEC)
+    kwargs = dict(studies_dir=tmp_path / "studies", data=str(demo_root), profile="quick")
+    first = run_study(path, **kwargs)
+    assert (first.planned, first.already_done, first.ran, first.failed) == (4, 0, 4, [])
+    trials = _study(tmp_path).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert sorted((t.user_attrs["arm"], t.user_attrs["seed"]) for t in trials) == [
+        ("model.fusion=early", 0), ("model.fusion=early", 1), ("model.fusion=sct", 0), ("model.fusion=sct", 1)]
+    attrs = trials[0].user_attrs
+    for key in ("config", "history", "validation", "test", "ap_per_class_test", "parameters",
+                "samples_per_s", "peak_memory_mb", "wall_s", "epochs_run", "best_epoch"):
+        assert key in attrs, key
+    assert attrs["config"]["train"]["epochs"] == 2 and attrs["config"]["model"]["embed_dim"] == 64  # quick
+    assert len(attrs["history"]) == 2 and trials[0].value == attrs["validation"]["ap_macro"]
+
+    again = run_study(path, **kwargs)
+    assert (again.already_done, again.ran) == (4, 0), "finished trials never run twice"
+
+    path.write_text(SPEC.replace("seeds: [0, 1]", "seeds: [0, 1, 2]"))
+    grown = run_study(path, **kwargs)
+    assert (grown.planned, grown.already_done, grown.ran) == (6, 4, 2)
+
+    path.write_text(SPEC.replace("depth: 1", "depth: 2"))
+    with pytest.raises(StudyError, match="base.model.depth: 1 → 2"):
+        run_study(path, **kwargs)
+
+
+def test_interrupted_trial_resumes_from_its_checkpoint(ray_session, tmp_path, demo_root):
+    path = tmp_path / "grid.yaml"
+    path.write_text(SPEC.replace("seeds: [0, 1]", "seeds: [0]").replace("study: grid", "study: killed"))
+    kwargs = dict(studies_dir=tmp_path / "studies", data=str(demo_root), profile="quick")
+    spec = load_spec(path)
+    # What a killed driver leaves behind: a RUNNING trial and an epoch-1 checkpoint of its config.
+    from mmvit.study.storage import ensure_study
+
+    study, _ = ensure_study(open_storage(storage_url("killed", tmp_path / "studies")), spec,
+                            source=str(path), archive=str(demo_root), profile="quick")
+    stale = study.ask()
+    stale.set_user_attr("arm", "model.fusion=sct")
+    stale.set_user_attr("seed", 0)
+    from mmvit.study.plan import arms_of
+
+    job = StudyJob(spec, "", "quick", str(demo_root), tmp_path / "studies" / "killed" / "checkpoints", arms_of(spec))
+    config = job.resolve({"model.fusion": "sct"}, 0)
+
+    class Killed(Exception):
+        pass
+
+    def die(record, _):
+        raise Killed
+
+    with pytest.raises(Killed):
+        train_trial(config, checkpoint_dir=job.checkpoints / config_key(config), on_epoch=die)
+
+    summary = run_study(path, **kwargs)
+    assert (summary.planned, summary.ran, summary.failed) == (2, 2, [])
+    trials = _study(tmp_path, "killed").get_trials()
+    assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["error"].startswith("interrupted")
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 2 and len({t.user_attrs["config_key"] for t in complete}) == 2
+    resumed = next(t for t in complete if t.user_attrs["arm"] == "model.fusion=sct")
+    assert [h["epoch"] for h in resumed.user_attrs["history"]] == [2], "resumed after the epoch-1 checkpoint"
+    assert resumed.user_attrs["epochs_run"] == 2
+
+
+def test_status_shows_the_grid(ray_session, tmp_path, demo_root):
+    path = tmp_path / "grid.yaml"
+    path.write_text(SPEC.replace("study: grid", "study: shown").replace("seeds: [0, 1]", "seeds: [3]"))
+    result = CliRunner().invoke(app, ["run", str(path), "--data", str(demo_root), "--profile", "quick",
+                                      "--studies-dir", str(tmp_path / "studies")])
+    assert result.exit_code == 0, result.output
+    assert "2 trial(s) planned: 0 already done, 2 run now, 0 failed" in result.output
+    shown = CliRunner().invoke(app, ["status", "shown", "--studies-dir", str(tmp_path / "studies")],
+                               env={"COLUMNS": "160"})
+    assert shown.exit_code == 0 and shown.output.count("COMPLETE") == 2
+    missing = CliRunner().invoke(app, ["status", "nothing", "--studies-dir", str(tmp_path / "studies")])
+    assert missing.exit_code == 1 and "No study 'nothing'" in missing.output
+
+
+def test_search_is_refused_until_it_lands(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("study: s\nsearch:\n  params:\n    train.lr: {type: float, low: 0.001, high: 0.01}\n")
+    assert parse_spec(path.read_text()).search is not None
+    result = CliRunner().invoke(app, ["run", str(path), "--studies-dir", str(tmp_path)])
+    assert result.exit_code == 1 and "`search:` is not supported by this runner yet" in result.output
