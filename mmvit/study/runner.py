@@ -87,7 +87,12 @@ def run_trial(params: dict, job: StudyJob) -> None:
     arm_index, seed = params["point"]
     arm = job.arms[arm_index]
     config = job.resolve(arm, seed)
-    torch.set_num_threads(max(1, available_cpus()))
+    # Ray does not pin trials to cores: size torch's threads and the loader to the trial's share,
+    # so concurrent trials don't fight over cores.
+    cpus = max(1, int(job.spec.resources.cpu))
+    torch.set_num_threads(cpus)
+    if config.data.num_workers is None:
+        config.data.num_workers = min(cpus - 1, available_cpus())
     study = optuna.load_study(study_name=job.spec.study, storage=open_storage(job.url))
     trial = study.ask()
     for key, value in {"arm": arm_name(arm), "arm_index": arm_index, "seed": seed,
