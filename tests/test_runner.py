@@ -81,10 +81,8 @@ def test_interrupted_trial_resumes_from_its_checkpoint(ray_session, tmp_path, de
     stale = study.ask()
     stale.set_user_attr("arm", "model.fusion=sct")
     stale.set_user_attr("seed", 0)
-    from mmvit.study.plan import arms_of
-
-    job = StudyJob(spec, "", "quick", str(demo_root), tmp_path / "studies" / "killed" / "checkpoints", arms_of(spec))
-    config = job.resolve({"model.fusion": "sct"}, 0)
+    job = StudyJob(spec, "", "quick", str(demo_root), tmp_path / "studies" / "killed" / "checkpoints", spec.arms)
+    config = job.resolve(1, 0)
 
     class Killed(Exception):
         pass
@@ -120,9 +118,56 @@ def test_status_shows_the_grid(ray_session, tmp_path, demo_root):
     assert missing.exit_code == 1 and "No study 'nothing'" in missing.output
 
 
-def test_search_is_refused_until_it_lands(tmp_path):
-    path = tmp_path / "s.yaml"
-    path.write_text("study: s\nsearch:\n  params:\n    train.lr: {type: float, low: 0.001, high: 0.01}\n")
-    assert parse_spec(path.read_text()).search is not None
-    result = CliRunner().invoke(app, ["run", str(path), "--studies-dir", str(tmp_path)])
-    assert result.exit_code == 1 and "`search:` is not supported by this runner yet" in result.output
+SEARCH_SPEC = """\
+study: tuned
+ablate:
+  model.fusion: [early, sct]
+seeds: [0]
+base:
+  model: {patch_size: 30, depth: 1}
+search:
+  sampler: tpe
+  trials_per_arm: 3
+  params:
+    train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+  asha: {grace_period: 1, reduction_factor: 2}
+resources: {cpu: 1}
+"""
+
+
+def test_search_prunes_with_asha_per_arm_and_trains_each_arms_best(ray_session, tmp_path, demo_root):
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    path = tmp_path / "tuned.yaml"
+    path.write_text(SEARCH_SPEC)
+    storage = open_storage(storage_url("tuned", tmp_path / "studies"))
+    # A stored trial of the early arm that no new trial can match at epoch 1: ASHA's rungs are
+    # refilled from storage, so every new early trial is stopped at its first rung.
+    early = optuna.create_study(storage=storage, study_name="tuned/search/model.fusion=early", direction="maximize")
+    early.add_trial(create_trial(params={"train.lr": 1e-3}, distributions={"train.lr": FloatDistribution(1e-4, 1e-2, log=True)},
+                                 value=0.99, intermediate_values={1: 0.99, 2: 0.99}))
+    summary = run_study(path, studies_dir=tmp_path / "studies", data=str(demo_root), profile="quick")
+    assert summary.search_trials == 2 + 3 and summary.failed == []
+
+    new_early = early.get_trials()[1:]
+    assert [t.state for t in new_early] == [TrialState.PRUNED] * 2, "ASHA stops are PRUNED, not COMPLETE"
+    assert [(t.user_attrs["pruned_at_epoch"], list(t.intermediate_values)) for t in new_early] == [(1, [1])] * 2
+    assert [len(t.user_attrs["history"]) for t in new_early] == [1, 1]
+    sct = optuna.load_study(study_name="tuned/search/model.fusion=sct", storage=storage).get_trials()
+    assert len(sct) == 3 and TrialState.COMPLETE in [t.state for t in sct]
+    assert len({t.params["train.lr"] for t in sct}) == 3, "no configuration sampled twice"
+    best_sct = max((t for t in sct if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    assert best_sct.value == best_sct.user_attrs["validation"]["ap_macro"], "value = best validation epoch"
+
+    final = {t.user_attrs["arm"]: t for t in _study(tmp_path, "tuned").get_trials()}
+    assert [t.state for t in final.values()] == [TrialState.COMPLETE] * 2
+    assert final["model.fusion=early"].user_attrs["search_params"] == {"train.lr": 1e-3}
+    assert final["model.fusion=sct"].user_attrs["search_params"] == best_sct.params
+    assert final["model.fusion=sct"].user_attrs["config"]["train"]["lr"] == best_sct.params["train.lr"]
+    attrs = _study(tmp_path, "tuned").user_attrs
+    assert attrs["search_studies"] == ["tuned/search/model.fusion=early", "tuned/search/model.fusion=sct"]
+    assert [a["baseline"] for a in attrs["arms"]] == [False, True], "the default fusion is sct"
+
+    again = run_study(path, studies_dir=tmp_path / "studies", data=str(demo_root), profile="quick")
+    assert (again.search_trials, again.ran) == (0, 0), "a finished search is not searched again"

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from mmvit.cli import app
 from mmvit.study.plan import plan_study
-from mmvit.study.spec import load_spec, parse_spec, resolve_arm
+from mmvit.study.spec import load_spec, parse_spec
 
 runner = CliRunner()
 
@@ -40,7 +40,7 @@ def test_good_spec_plan():
         "model.fusion=sct, model.depth=2", "model.fusion=sct, model.depth=4"]
     assert plan.total_trials == 4 * (5 + 3)
     assert spec.direction == "minimize"
-    config = resolve_arm(spec, plan.arms[3].arm, seed=2)
+    config = spec.resolve(plan.arms[3].arm, seed=2)
     assert (config.model.fusion, config.model.depth, config.model.embed_dim, config.seed) == ("sct", 4, 128, 2)
     assert config.train.metric == "hamming_loss"
     assert plan.arms[2].parameters > plan.arms[0].parameters  # sct has two encoders
@@ -49,6 +49,44 @@ def test_good_spec_plan():
 def test_digest_changes_with_content():
     assert parse_spec(GOOD).digest() == parse_spec(GOOD).digest()
     assert parse_spec(GOOD).digest() != parse_spec(GOOD.replace("[0, 1, 2]", "[0, 1]")).digest()
+
+
+NAMED_AND_LISTED = """\
+study: forms
+base:
+  model: {fusion: early}
+ablate:
+  model.fusion: [early, sct]
+  augmentation:
+    standard: {augment.synchronised: true, augment.modality_drop: 0.0}
+    all: {augment.synchronised: false, augment.modality_drop: 0.5}
+reference:
+  citation: a thesis
+  arms:
+    "model.fusion=sct, augmentation=all": {ap_macro: 0.7, hamming_loss: 0.05}
+"""
+
+
+def test_named_axis_arms_carry_labels_and_settings():
+    spec = parse_spec(NAMED_AND_LISTED)
+    assert [a.name for a in spec.arms] == [
+        "model.fusion=early, augmentation=standard", "model.fusion=early, augmentation=all",
+        "model.fusion=sct, augmentation=standard", "model.fusion=sct, augmentation=all"]
+    last = spec.arms[3]
+    assert last.labels == {"model.fusion": "sct", "augmentation": "all"}
+    config = spec.resolve(last, seed=1)
+    assert (config.model.fusion, config.augment.synchronised, config.augment.modality_drop) == ("sct", False, 0.5)
+    assert spec.reference.arms["model.fusion=sct, augmentation=all"]["hamming_loss"] == 0.05
+
+
+def test_list_of_arms_pairs_settings_instead_of_a_product():
+    spec = parse_spec("study: m\nablate:\n  - {name: 1+7, model.fusion: middle, model.modality_depth: 1, "
+                      "model.fusion_depth: 7}\n  - {model.fusion: middle, model.modality_depth: 6, "
+                      "model.fusion_depth: 2}\n")
+    assert [a.name for a in spec.arms] == [
+        "1+7", "model.fusion=middle, model.modality_depth=6, model.fusion_depth=2"]
+    depths = [(c.model.modality_depth, c.model.fusion_depth) for c in (spec.resolve(a, 0) for a in spec.arms)]
+    assert depths == [(1, 7), (6, 2)]
 
 
 def test_shipped_study_files_validate():
@@ -90,6 +128,24 @@ BAD = [  # (file text, line, words the message must hold)
     ("study: x\nablate: [1, 2\n", 3, ["not valid YAML"]),
     ("- just\n- a list\n", None, ["must be a mapping"]),
     ("description: no name\n", None, ["study", "Field required"]),
+    ("study: x\nsearch:\n  sampler: grid\n  params:\n    train.lr: {type: float, low: 0.1, high: 1}\n", 3,
+     ["grid sampler needs categorical", "train.lr is a range"]),
+    ("study: x\nsearch:\n  sampler: grid\n  trials_per_arm: 5\n  params:\n    train.lr: {type: categorical, choices: [0.1, 0.2]}\n",
+     4, ["exceeds the grid's 2 point(s)", "trials_per_arm: 2"]),
+    ("study: x\nablate:\n  - {model.depth: 2}\n  - {model.dept: 4}\n", 4, ["'model.dept'", "did you mean 'model.depth'"]),
+    ("study: x\nablate:\n  - {name: a, model.depth: 2}\n  - {name: a, model.depth: 4}\n", 2, ["arm names must be unique", "a repeat"]),
+    ("study: x\nablate:\n  - {name: a}\n", 3, ["arm 1 sets nothing"]),
+    ("study: x\nablate:\n  - {model.depth: 2}\n  - {model.patch_size: 16}\n", 4, ["patch_size must divide"]),
+    ("study: x\nablate:\n  augmentation:\n    all: {augment.synchronised: false}\n    none: {augment.flip: maybe}\n", 5,
+     ["augment.flip"]),
+    ("study: x\nablate:\n  augmentation:\n    all: {augment.modality_dorp: 0.5}\n", 4, ["did you mean 'augment.modality_drop'"]),
+    ("study: x\nablate:\n  model.depth:\n    deep: {model.depth: 12}\n", 3, ["is a configuration key", "name the axis differently"]),
+    ("study: x\nablate:\n  model.depth: [2, 4]\nreference:\n  citation: thesis\n  arms:\n    model.depth=3: {ap_macro: 0.5}\n",
+     7, ["'model.depth=3', which is not an arm", "did you mean 'model.depth=4'"]),
+    ("study: x\nablate:\n  model.depth: [2]\nreference:\n  citation: thesis\n  arms:\n    model.depth=2: {ap_macro: 65.3}\n",
+     6, ["not a fraction", "0.653"]),
+    ("study: x\nablate:\n  model.depth: [2]\nreference:\n  citation: thesis\n  arms:\n    model.depth=2: {ap_macr: 0.6}\n",
+     6, ["did you mean 'ap_macro'"]),
 ]
 
 

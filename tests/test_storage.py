@@ -49,9 +49,9 @@ def test_new_study_records_its_identity(tmp_path):
 
 @pytest.mark.parametrize("edit, named", [
     (("train: {epochs: 3}", "train: {epochs: 5}"), "base.train.epochs: 3 → 5"),
-    (("model.depth: [2, 4]", "model.depth: [2, 8]"), "ablate.model.depth [2, 4] → [2, 8]"),
+    (("model.depth: [2, 4]", "model.depth: [2, 8]"), "arms removed or renamed: model.fusion=early, model.depth=4"),
     (("seeds: [0, 1]", "seeds: [1]"), "seeds [0, 1] → [1]"),
-    (("  model.depth: [2, 4]\n", ""), "ablation axes"),
+    (("  model.depth: [2, 4]\n", ""), "arms removed or renamed: model.fusion=early, model.depth=2"),
 ])
 def test_changed_spec_is_refused_naming_the_change(tmp_path, edit, named):
     _open(tmp_path)
@@ -64,7 +64,7 @@ def test_additions_extend_the_study(tmp_path):
     _open(tmp_path)
     study, additions = _open(tmp_path, SPEC.replace("seeds: [0, 1]", "seeds: [0, 1, 2]")
                              .replace("model.depth: [2, 4]", "model.depth: [2, 4, 8]"))
-    assert additions == ["seed 2", "model.depth=8"]
+    assert additions == ["seed 2", "arm model.fusion=early, model.depth=8", "arm model.fusion=sct, model.depth=8"]
     assert study.user_attrs["spec"]["seeds"] == [0, 1, 2]
 
 

@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
-from typing import Any
 
-from mmvit.study.spec import StudySpec, arm_name, resolve_arm
+from mmvit.study.arms import Arm
+from mmvit.study.spec import StudySpec
 
 REFERENCE_TFLOPS = 50.0
 """Assumed effective training throughput of one GPU for the rough cost estimate (bf16)."""
 
 
-def arms_of(spec: StudySpec) -> list[dict[str, Any]]:
-    """Every combination of the ablation axes, in file order (one empty arm without axes)."""
-    keys = list(spec.ablate)
-    return [dict(zip(keys, values)) for values in itertools.product(*(spec.ablate[k] for k in keys))]
-
-
 @dataclass
 class ArmPlan:
     name: str
-    arm: dict[str, Any]
+    arm: Arm
     parameters: int
     tokens: int
     epochs: int
@@ -63,12 +56,12 @@ def plan_study(spec: StudySpec, train_patches: int | None = None) -> StudyPlan:
     from mmvit.train.loop import build_model
 
     plans = []
-    for arm in arms_of(spec):
-        config = resolve_arm(spec, arm, spec.seeds[0])
+    for arm in spec.arms:
+        config = spec.resolve(arm, spec.seeds[0])
         with torch.device("meta"):
             model = build_model(config, input_channels(config.data.modalities))
         plans.append(ArmPlan(
-            name=arm_name(arm), arm=arm, parameters=sum(p.numel() for p in model.parameters()),
+            name=arm.name, arm=arm, parameters=sum(p.numel() for p in model.parameters()),
             tokens=int(model.num_tokens), epochs=config.train.epochs, train_patches=train_patches,
             search_trials=spec.search.trials_per_arm if spec.search else 0, seed_trials=len(spec.seeds),
         ))

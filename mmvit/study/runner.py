@@ -1,129 +1,38 @@
-"""``mmvit-study run``: the arms × seeds of a study as Ray Tune trials, recorded in Optuna storage.
+"""``mmvit-study run``: a study file → Ray Tune trials → records in Optuna storage.
 
-Storage is the single source of truth, so resuming is "run the same command again": trials
-COMPLETE in storage are not run again; trials left RUNNING by a driver that died are marked
-FAIL (``interrupted``) and re-run from their last epoch checkpoint, which lives under
-``studies/<study>/checkpoints/<hash of the resolved trial config>/``; failed trials are re-run
-with ``--retry-failed``. Each Ray trial records itself in storage (ask → per-epoch reports →
-tell), which works the same for SQLite on one machine and PostgreSQL on a cluster.
+Storage is the single source of truth, so resuming is "run the same command again" (Ray's
+``Tuner.restore`` is not used: with OptunaSearch it crashes on a stale experiment snapshot or
+repeats configurations). What is COMPLETE in storage is never run again; trials a dead driver
+left RUNNING are marked interrupted and re-run from their last epoch checkpoint; failed trials
+are re-run with ``--retry-failed``.
 
-This first runner covers the ablation grid; ``search:`` (Optuna samplers with ASHA inside an
-arm) is refused until it lands.
+A study runs in two phases. With ``search:``, every arm first tunes its parameters
+(:mod:`mmvit.study.search`: one Optuna study per arm, ASHA per arm); then the *final* phase
+trains every arm × seed — with the arm's best searched parameters — to full length, and those
+trials, in the main Optuna study, make the tables.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
+import os
 import time
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Iterator
 
 import optuna
 from optuna.trial import TrialState
 
-from mmvit.config import TrialConfig, set_dotted, trial_config
 from mmvit.errors import SpecError, StudyError
-from mmvit.study.plan import arms_of
-from mmvit.study.spec import StudySpec, arm_name, load_spec
+from mmvit.study.arms import Arm
+from mmvit.study.search import INTERRUPTED, best_params, prepare_arm_search, search_study_name
+from mmvit.study.spec import StudySpec, load_spec
 from mmvit.study.storage import ensure_study, open_storage, redact, storage_url
+from mmvit.study.trial import QUICK_PROFILE, StudyJob, config_key, run_trial  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
-
-QUICK_PROFILE: dict[str, Any] = {
-    "train.epochs": 2,
-    "train.batch_size": 32,
-    "model.embed_dim": 64,
-    "model.num_heads": 4,
-    "data.num_workers": 0,
-}
-"""What the quick profile shrinks — never an axis the study ablates."""
-
-
-@dataclass
-class StudyJob:
-    """Everything a Ray trial needs to train one (arm, seed) and record it (picklable)."""
-
-    spec: StudySpec
-    url: str
-    profile: str
-    data_root: str | None
-    checkpoints: Path
-    arms: list[dict[str, Any]] = field(default_factory=list)
-
-    def resolve(self, arm: dict[str, Any], seed: int) -> TrialConfig:
-        raw = json.loads(json.dumps(self.spec.base))
-        if self.profile == "quick":
-            for key, value in QUICK_PROFILE.items():
-                if key not in self.spec.ablate:
-                    set_dotted(raw, key, value)
-        if self.data_root is not None:
-            set_dotted(raw, "data.root", self.data_root)
-        for key, value in arm.items():
-            set_dotted(raw, key, value)
-        raw["seed"] = seed
-        set_dotted(raw, "train.metric", self.spec.metric)
-        return trial_config(raw, source=f"arm {arm_name(arm)}")
-
-
-def config_key(config: TrialConfig) -> str:
-    return hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _scalars(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k != "ap_per_class"}
-
-
-def run_trial(params: dict, job: StudyJob) -> None:
-    """The Ray Tune function trainable: one (arm, seed), recorded in Optuna storage."""
-    import torch
-    from ray import tune
-
-    from mmvit.data.loader import available_cpus
-    from mmvit.train.loop import train_trial
-
-    arm_index, seed = params["point"]
-    arm = job.arms[arm_index]
-    config = job.resolve(arm, seed)
-    # Ray does not pin trials to cores: size torch's threads and the loader to the trial's share,
-    # so concurrent trials don't fight over cores.
-    cpus = max(1, int(job.spec.resources.cpu))
-    torch.set_num_threads(cpus)
-    if config.data.num_workers is None:
-        config.data.num_workers = min(cpus - 1, available_cpus())
-    study = optuna.load_study(study_name=job.spec.study, storage=open_storage(job.url))
-    trial = study.ask()
-    for key, value in {"arm": arm_name(arm), "arm_index": arm_index, "seed": seed,
-                       "config": config.model_dump(mode="json"), "config_key": config_key(config)}.items():
-        trial.set_user_attr(key, value)
-    history: list[dict] = []
-    metric = job.spec.metric
-
-    def on_epoch(record, checkpoint_path) -> None:
-        history.append({"epoch": record.epoch, "train_loss": record.train_loss,
-                        **_scalars(record.validation)})
-        trial.report(record.validation[metric], record.epoch)
-        trial.set_user_attr("history", history)
-        tune.report({metric: record.validation[metric], "epoch": record.epoch})
-
-    try:
-        result = train_trial(config, checkpoint_dir=job.checkpoints / config_key(config), on_epoch=on_epoch)
-    except Exception as error:
-        trial.set_user_attr("error", f"{type(error).__name__}: {error}")
-        study.tell(trial, state=TrialState.FAIL)
-        raise
-    for key, value in {
-        "validation": _scalars(result.validation), "test": _scalars(result.test),
-        "ap_per_class_validation": result.validation["ap_per_class"],
-        "ap_per_class_test": result.test["ap_per_class"], "best_epoch": result.best_epoch,
-        "parameters": result.parameters, "samples_per_s": result.samples_per_s,
-        "peak_memory_mb": result.peak_memory_mb, "wall_s": result.wall_s,
-        "epochs_run": result.epochs_run, "device": result.device, "class_counts": result.class_counts,
-    }.items():
-        trial.set_user_attr(key, value)
-    study.tell(trial, result.validation[metric])
 
 
 @dataclass
@@ -133,27 +42,164 @@ class RunSummary:
     ran: int
     failed: list[str]
     seconds: float
+    interrupted: int = 0
+    search_trials: int = 0
+    unsearched_arms: tuple[str, ...] = ()
 
 
-def remaining_points(study: optuna.Study, arms: list[dict], seeds: list[int], *,
-                     retry_failed: bool) -> tuple[list[list[int]], int]:
-    """Grid points still to run, and how many are already COMPLETE. RUNNING trials found here
-    belong to a driver that is gone: they are marked FAIL (interrupted) and run again."""
-    names = [arm_name(a) for a in arms]
+def resolve_data(data: str | None, spec: StudySpec, profile: str | None) -> tuple[str | None, str, str]:
+    """(data root for the trials, archive identity, profile). ``--data`` > ``$MMVIT_DATA`` >
+    ``data.root`` in the study file > the demo archive (quick profile unless told otherwise)."""
+    data = data or os.environ.get("MMVIT_DATA") or spec.base.get("data", {}).get("root")
+    if data is None:
+        from mmvit.data.demo import ensure_demo_archive
+
+        archive = str(ensure_demo_archive())
+        profile = profile or "quick"
+        log.warning("No --data, $MMVIT_DATA or data.root: using the demo archive at %s (%s profile).",
+                    archive, profile)
+        return None, archive, profile
+    from mmvit.data.archive import open_archive
+
+    archive = str(open_archive(data).root)
+    profile = profile or "full"
+    if profile not in ("quick", "full"):
+        raise SpecError(f"--profile must be quick or full, but got {profile!r}.")
+    return archive, archive, profile
+
+
+def baseline_index(spec: StudySpec, job: StudyJob) -> int | None:
+    """The arm whose configuration equals ``base`` (the Δ column's reference), if any."""
+    base = job.spec.resolve(Arm("base"), spec.seeds[0]).model_dump()
+    for index, arm in enumerate(job.arms):
+        if job.spec.resolve(arm, spec.seeds[0]).model_dump() == base:
+            return index
+    return None
+
+
+def record_identity(study: optuna.Study, job: StudyJob) -> None:
+    """What the report needs beyond the spec: arms with labels and baseline, class names."""
+    from mmvit.data.labels import LABELS_19
+
+    baseline = baseline_index(job.spec, job)
+    study.set_user_attr("arms", [{"name": arm.name, "labels": arm.labels, "settings": arm.settings,
+                                  "baseline": index == baseline} for index, arm in enumerate(job.arms)])
+    study.set_user_attr("labels", list(LABELS_19))
+    study.set_user_attr("search_studies", [search_study_name(job.spec, a.name) for a in job.arms]
+                        if job.spec.search else [])
+    if job.spec.reference:
+        study.set_user_attr("reference", job.spec.reference.model_dump(mode="json"))
+
+
+def mark_interrupted(study: optuna.Study) -> int:
+    """RUNNING trials of a driver that is gone (or that was just stopped) → FAIL, interrupted."""
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in stale:
+        study._storage.set_trial_user_attr(trial._trial_id, "error", f"{INTERRUPTED}: its driver stopped")
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    return len(stale)
+
+
+def remaining_points(study: optuna.Study, arms: list[Arm], seeds: list[int], *,
+                     retry_failed: bool) -> tuple[list[tuple[int, int]], int]:
+    """Final (arm, seed) points still to run, and how many are COMPLETE already."""
+    mark_interrupted(study)
     done, failed = set(), set()
     for trial in study.get_trials(deepcopy=False):
         point = (trial.user_attrs.get("arm"), trial.user_attrs.get("seed"))
         if trial.state == TrialState.COMPLETE:
             done.add(point)
-        elif trial.state == TrialState.RUNNING:
-            study._storage.set_trial_user_attr(trial._trial_id, "error", "interrupted: its driver stopped")
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         elif trial.state == TrialState.FAIL and not retry_failed and \
-                not str(trial.user_attrs.get("error", "")).startswith("interrupted"):
+                not str(trial.user_attrs.get("error", "")).startswith(INTERRUPTED):
             failed.add(point)
-    todo = [[i, seed] for i, name in enumerate(names) for seed in seeds
-            if (name, seed) not in done and (name, seed) not in failed]
+    todo = [(i, seed) for i, arm in enumerate(arms) for seed in seeds
+            if (arm.name, seed) not in done and (arm.name, seed) not in failed]
     return todo, len(done)
+
+
+@contextmanager
+def ray_session(address: str | None, verbose: bool) -> Iterator[None]:
+    """Join ``address`` or start a lean local Ray (no dashboard, small object store)."""
+    import ray
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no config box: the progress view is ours
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
+                 logging_level=logging.INFO if verbose else logging.ERROR,
+                 object_store_memory=None if address else 100 * 2**20)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def check_resources(spec: StudySpec) -> None:
+    """A request the cluster can never meet would wait forever without a word: refuse it."""
+    import ray
+
+    total = ray.cluster_resources()
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    gpu, cpu = spec.resources.gpu, spec.resources.cpu
+    if gpu > 0 and not any(n.get("GPU", 0) >= min(gpu, 1.0) for n in nodes):
+        raise StudyError(f"Each trial asks for {gpu:g} GPU (resources.gpu), but no node of the Ray cluster has "
+                         f"that many ({total.get('GPU', 0):g} GPU in all). Lower resources.gpu, or join a "
+                         "cluster with GPUs (--address).")
+    if not any(n.get("CPU", 0) >= cpu for n in nodes):
+        raise StudyError(f"Each trial asks for {cpu:g} CPUs (resources.cpu), but the largest node of the Ray "
+                         f"cluster has {max((n.get('CPU', 0) for n in nodes), default=0):g}. Lower resources.cpu.")
+
+
+def _tuner(job: StudyJob, studies_dir: Path, phase: str, verbose: bool, **tune_kwargs):
+    from ray import tune
+
+    spec = job.spec
+    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    param_space = tune_kwargs.pop("param_space", None)
+    return tune.Tuner(
+        tune.with_resources(tune.with_parameters(run_trial, job=job), resources),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True, **tune_kwargs),
+        run_config=tune.RunConfig(name=f"{spec.study}-{phase}-{int(time.time())}",
+                                  storage_path=str((studies_dir / spec.study / "ray").resolve()),
+                                  verbose=1 if verbose else 0),
+    )
+
+
+def run_search(job: StudyJob, studies_dir: Path, retry_failed: bool, verbose: bool) -> int:
+    """Tune every arm's searched parameters; returns the number of search trials run now."""
+    from mmvit.study.search import ArmASHA, ArmSearch
+
+    spec, storage = job.spec, open_storage(job.url)
+    budgets, stored, studies = {}, {}, {}
+    for index, arm in enumerate(job.arms):
+        study = optuna.create_study(storage=storage, study_name=search_study_name(spec, arm.name),
+                                    direction=spec.direction, load_if_exists=True)
+        study.set_user_attr("parent", spec.study)
+        study.set_user_attr("arm", arm.name)
+        study.set_user_attr("arm_index", index)
+        done = prepare_arm_search(study, retry_failed)
+        stored[index], studies[index] = len(study.trials), study
+        if spec.search.trials_per_arm > done:
+            budgets[index] = spec.search.trials_per_arm - done
+    total = sum(budgets.values())
+    if not total:
+        return 0
+    scheduler = None
+    if spec.search.asha is not None:
+        epochs = job.resolve(0, spec.seeds[0]).train.epochs
+        asha = spec.search.asha
+        scheduler = ArmASHA(job, grace_period=min(asha.grace_period, epochs), reduction_factor=asha.reduction_factor,
+                            max_t=min(asha.max_t or epochs, epochs))
+        for index in budgets:
+            scheduler.replay(index, studies[index])
+    _tuner(job, studies_dir, "search", verbose, search_alg=ArmSearch(job, budgets, stored), scheduler=scheduler,
+           num_samples=total).fit()
+    for study in studies.values():
+        mark_interrupted(study)
+    return total
 
 
 def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str | None = None,
@@ -162,72 +208,49 @@ def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str |
     started = time.time()
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
     spec = load_spec(path)
-    if spec.search is not None:
-        raise SpecError(f"{path}: `search:` is not supported by this runner yet; remove it to run the grid.")
-    if data is None:
-        from mmvit.data.demo import ensure_demo_archive
-
-        archive = str(ensure_demo_archive())
-        profile = profile or "quick"
-        log.warning("No --data given: using the demo archive at %s (%s profile).", archive, profile)
-    else:
-        from mmvit.data.archive import open_archive
-
-        archive = str(open_archive(data).root)
-        profile = profile or "full"
-    if profile not in ("quick", "full"):
-        raise SpecError(f"--profile must be quick or full, but got {profile!r}.")
+    data_root, archive, profile = resolve_data(data, spec, profile)
     url = storage_url(spec.study, studies_dir, storage)
+    log.info("Study %s in %s", spec.study, redact(url))
     study, additions = ensure_study(open_storage(url), spec, source=str(path), archive=archive, profile=profile)
     if additions:
         log.warning("The study grows by %s.", ", ".join(additions))
-    arms = arms_of(spec)
-    job = StudyJob(spec, url, profile, data, (studies_dir / spec.study / "checkpoints").resolve(), arms)
-    todo, done = remaining_points(study, arms, spec.seeds, retry_failed=retry_failed)
-    planned = len(arms) * len(spec.seeds)
-    if todo:
-        _tune(job, todo, spec, studies_dir, address, verbose)
+    job = StudyJob(spec, url, profile, data_root, (studies_dir / spec.study / "checkpoints").resolve(), spec.arms)
+    record_identity(study, job)
+    planned = len(job.arms) * len(spec.seeds)
+    with ray_session(address, verbose):
+        check_resources(spec)
+        searched = run_search(job, studies_dir, retry_failed, verbose) if spec.search else 0
+        params, unsearched = {}, []
+        if spec.search:
+            for index, arm in enumerate(job.arms):
+                found = best_params(optuna.load_study(study_name=search_study_name(spec, arm.name),
+                                                      storage=open_storage(url)))
+                if found is None:
+                    unsearched.append(arm.name)
+                else:
+                    params[index] = found
+        todo, done = remaining_points(study, job.arms, spec.seeds, retry_failed=retry_failed)
+        todo = [(i, seed) for i, seed in todo if not spec.search or i in params]
+        if todo:
+            points = [{"arm": i, "seed": seed, "params": params.get(i), "search": None} for i, seed in todo]
+            from ray import tune
+
+            _tuner(job, studies_dir, "final", verbose, param_space={"point": tune.grid_search(points)}).fit()
+    interrupted = mark_interrupted(study)
     failed = [f"{t.user_attrs.get('arm')} seed {t.user_attrs.get('seed')}: {t.user_attrs.get('error')}"
               for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-              if not str(t.user_attrs.get("error", "")).startswith("interrupted")]
-    return RunSummary(planned, done, len(todo), failed, time.time() - started)
-
-
-def _tune(job: StudyJob, todo: list[list[int]], spec: StudySpec, studies_dir: Path,
-          address: str | None, verbose: bool) -> None:
-    import ray
-    from ray import tune
-
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
-                 logging_level=logging.INFO if verbose else logging.ERROR,
-                 object_store_memory=None if address else 100 * 2**20)
-    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-    available = ray.cluster_resources()
-    if spec.resources.gpu > 0 and available.get("GPU", 0) < spec.resources.gpu:
-        raise StudyError(f"Each trial asks for {spec.resources.gpu} GPU, but the Ray cluster has "
-                         f"{available.get('GPU', 0):g}. Lower resources.gpu or join a cluster with GPUs (--address).")
-    if available.get("CPU", 0) < spec.resources.cpu:
-        raise StudyError(f"Each trial asks for {spec.resources.cpu:g} CPUs, but the Ray cluster has "
-                         f"{available.get('CPU', 0):g}. Lower resources.cpu.")
-    tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(run_trial, job=job), resources),
-        param_space={"point": tune.grid_search(todo)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True),
-        run_config=tune.RunConfig(name=f"{spec.study}-{int(time.time())}",
-                                  storage_path=str((studies_dir / spec.study / "ray").resolve()),
-                                  verbose=1 if verbose else 0),
-    )
-    tuner.fit()
+              if not str(t.user_attrs.get("error", "")).startswith(INTERRUPTED)]
+    return RunSummary(planned, done, len(todo) - interrupted, failed, time.time() - started, interrupted,
+                      searched, tuple(unsearched))
 
 
 def status_rows(study_name: str, *, studies_dir: Path = Path("studies"), storage: str | None = None):
     """(arm, seed, state, validation metric, test metrics) per trial, from storage only."""
-    url = storage_url(study_name, studies_dir, storage) if storage else \
-        f"sqlite:///{(studies_dir / study_name / 'optuna.db').resolve()}"
-    if storage is None and not (studies_dir / study_name / "optuna.db").is_file():
-        raise StudyError(f"No study {study_name!r} in {studies_dir}: {studies_dir / study_name / 'optuna.db'} "
-                         "does not exist. Pass --studies-dir or --storage.")
+    default = studies_dir / study_name / "optuna.db"
+    if storage is None and not default.is_file():
+        raise StudyError(f"No study {study_name!r} in {studies_dir}: {default} does not exist. "
+                         "Pass --studies-dir or --storage.")
+    url = storage or f"sqlite:///{default.resolve()}"
     try:
         study = optuna.load_study(study_name=study_name, storage=open_storage(url))
     except KeyError:

@@ -4,7 +4,9 @@ A study file holds ``study`` (its name), ``description``, ``base`` (a partial tr
 configuration; thesis defaults fill the rest), ``ablate`` (dotted keys → lists of values; every
 combination is an arm), ``seeds`` (paired across arms), an optional ``search`` (parameters tuned
 inside each arm), ``metric`` (validation metric, default ``ap_macro``), ``resources`` and
-``max_concurrent``. Every arm is resolved to a full TrialConfig and its model is built on the
+``max_concurrent``, and an optional ``reference`` (published numbers per arm, shown beside the
+study's in the report). ``ablate`` is a product of axes or an explicit list of arms
+(:mod:`mmvit.study.arms`). Every arm is resolved to a full TrialConfig and its model is built on the
 ``meta`` device, so a patch size that does not divide 120 or a fusion model with one modality
 is refused before anything runs.
 """
@@ -21,8 +23,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mmvit.config import TrialConfig, describe_validation_error, set_dotted, trial_config
+from mmvit.config import TrialConfig, describe_validation_error
 from mmvit.errors import SpecError
+from mmvit.study.arms import Arm, arms_from_ablate, resolve
 from mmvit.train.metrics import HIGHER_IS_BETTER, check_metric
 
 
@@ -81,16 +84,38 @@ class Resources(_Strict):
     gpu: float = Field(0.0, ge=0)
 
 
+class Reference(_Strict):
+    """Published numbers per arm (fractions, like the study's metrics) and where they are from."""
+
+    citation: str
+    arms: dict[str, dict[str, float]]
+
+    @field_validator("arms")
+    @classmethod
+    def _metrics(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for metrics in value.values():
+            for name, number in metrics.items():
+                check_metric(name)
+                if not 0 <= number <= 1:
+                    raise ValueError(f"{name} = {number} is not a fraction in [0, 1]; write "
+                                     f"{number / 100:g} for {number}%")
+        return value
+
+
+Axis = list[Any] | dict[str, dict[str, Any]]
+
+
 class StudySpec(_Strict):
     study: str
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict)
-    ablate: dict[str, list[Any]] = Field(default_factory=dict)
+    ablate: dict[str, Axis] | list[dict[str, Any]] = Field(default_factory=dict)
     seeds: list[int] = Field(default_factory=lambda: [0])
     search: Search | None = None
     metric: str = "ap_macro"
     resources: Resources = Field(default_factory=Resources)
     max_concurrent: int | None = Field(None, ge=1)
+    reference: Reference | None = None
 
     @field_validator("study")
     @classmethod
@@ -115,6 +140,15 @@ class StudySpec(_Strict):
     @property
     def direction(self) -> str:
         return "maximize" if HIGHER_IS_BETTER[self.metric] else "minimize"
+
+    @property
+    def arms(self) -> list[Arm]:
+        return arms_from_ablate(self.ablate)
+
+    def resolve(self, arm: Arm, seed: int, *, profile: dict[str, Any] | None = None,
+                params: dict[str, Any] | None = None) -> TrialConfig:
+        """The full trial configuration of one arm and seed (see :func:`mmvit.study.arms.resolve`)."""
+        return resolve(self.base, arm, seed, metric=self.metric, profile=profile, params=params)
 
     def digest(self) -> str:
         """Hash of the resolved spec: a changed study file under the same name is detected."""
@@ -183,7 +217,7 @@ def _check_dotted(key: str, where: tuple) -> None:
     raise _Located(where, f"{key!r} is not a trial configuration key; {hint}")
 
 
-def _check_arm(spec: StudySpec, config: TrialConfig, arm: dict[str, Any]) -> None:
+def _check_arm(spec: StudySpec, config: TrialConfig, arm: Arm) -> None:
     """Build the arm's model on the meta device: shape rules fail here, not after hours."""
     import torch
 
@@ -192,62 +226,124 @@ def _check_arm(spec: StudySpec, config: TrialConfig, arm: dict[str, Any]) -> Non
     from mmvit.train.loop import build_model
 
     own = hyperparameters(config.model.fusion)
-    for key in (*arm, *(spec.search.params if spec.search else ())):
+    for key in (*arm.settings, *(spec.search.params if spec.search else ())):
         field = key.split(".", 1)[1] if key.startswith("model.") else None
         if field and field != "fusion" and field.split(".")[0] not in own:
-            raise _Located(("ablate", key) if key in arm else ("search", "params", key),
-                           f"{key} does not apply to model {config.model.fusion!r} (arm {arm_name(arm)}): "
+            raise _Located(_where_arm(spec, arm, key) if key in arm.settings else ("search", "params", key),
+                           f"{key} does not apply to model {config.model.fusion!r} (arm {arm.name}): "
                            f"it takes {', '.join(own)}. Remove the axis or the arm.")
     with torch.device("meta"):
         build_model(config, input_channels(config.data.modalities))
 
 
-def arm_name(arm: dict[str, Any]) -> str:
-    """``model.fusion=sct, model.depth=4`` (``base`` for the arm without axes)."""
-    return ", ".join(f"{key}={value}" for key, value in arm.items()) or "base"
+def _where_arm(spec: StudySpec, arm: Arm, key: str | None = None) -> tuple:
+    """The YAML path an error about ``arm`` (and its setting ``key``) points at."""
+    if isinstance(spec.ablate, list):
+        return ("ablate", spec.arms.index(arm), *([key] if key else []))
+    if key in spec.ablate:
+        return ("ablate", key)
+    named = next((axis for axis, values in spec.ablate.items()
+                  if isinstance(values, dict) and key in values.get(arm.labels.get(axis), {})), None)
+    if named:
+        return ("ablate", named, arm.labels[named], key)
+    labelled = [axis for axis, values in spec.ablate.items() if isinstance(values, dict)]
+    if labelled:
+        return ("ablate", labelled[-1], arm.labels[labelled[-1]])
+    return ("ablate", next(iter(arm.labels))) if arm.labels else ("base",)
 
 
-def resolve_arm(spec: StudySpec, arm: dict[str, Any], seed: int) -> TrialConfig:
-    """The full trial configuration of one arm and seed."""
-    raw = json.loads(json.dumps(spec.base))
-    for key, value in arm.items():
-        set_dotted(raw, key, value)
-    raw["seed"] = seed
-    raw.setdefault("train", {})["metric"] = spec.metric
-    return trial_config(raw, source=f"arm {arm_name(arm)}")
+def _validate_ablate(ablate: dict[str, Any] | list[dict[str, Any]]) -> None:
+    if isinstance(ablate, list):
+        if not ablate:
+            raise _Located(("ablate",), "the list of arms is empty; give at least one arm or leave `ablate` out.")
+        for position, item in enumerate(ablate):
+            settings = {k: v for k, v in item.items() if k != "name"}
+            if not settings:
+                raise _Located(("ablate", position), f"arm {position + 1} sets nothing; give it at least one key.")
+            for key in settings:
+                _check_dotted(key, ("ablate", position, key))
+        names = [arm.name for arm in arms_from_ablate(ablate)]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise _Located(("ablate",), f"arm names must be unique, but {', '.join(repeated)} repeat; "
+                                        "give the arms distinct `name`s or settings.")
+        return
+    for axis, values in ablate.items():
+        if isinstance(values, dict):  # named axis: label → settings
+            if not values:
+                raise _Located(("ablate", axis), f"named axis {axis!r} needs at least one label.")
+            if axis in _trial_keys():
+                raise _Located(("ablate", axis), f"{axis!r} is a configuration key: give it a list of values, "
+                                                 "or name the axis differently (e.g. `augmentation:`) to "
+                                                 "give each label several settings.")
+            for label, settings in values.items():
+                if not isinstance(settings, dict) or not settings:
+                    raise _Located(("ablate", axis, label),
+                                   f"label {label!r} of axis {axis!r} must map configuration keys to values, "
+                                   f"e.g. `{label}: {{augment.synchronised: false}}`.")
+                for key in settings:
+                    _check_dotted(key, ("ablate", axis, label, key))
+            continue
+        _check_dotted(axis, ("ablate", axis))
+        if not values:
+            raise _Located(("ablate", axis), f"axis {axis!r} needs at least one value.")
+        if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
+            raise _Located(("ablate", axis), f"axis {axis!r} repeats a value: {values}.")
+
+
+def _validate_reference(spec: StudySpec) -> None:
+    names = [arm.name for arm in spec.arms]
+    for name in spec.reference.arms if spec.reference else ():
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]!r}?" if close else f"the arms are: {'; '.join(names)}."
+            raise _Located(("reference", "arms", name),
+                           f"reference.arms names {name!r}, which is not an arm of this study; {hint}")
+
+
+def _validate_grid_search(search: Search) -> None:
+    ranges = [key for key, param in search.params.items() if param.type != "categorical"]
+    if ranges:
+        raise _Located(("search", "sampler"),
+                       f"the grid sampler needs categorical parameters (a list of `choices`), but "
+                       f"{', '.join(ranges)} is a range; list its values or use sampler: tpe.")
+    points = 1
+    for param in search.params.values():
+        points *= len(param.choices)
+    if search.trials_per_arm > points:
+        raise _Located(("search", "trials_per_arm"),
+                       f"trials_per_arm ({search.trials_per_arm}) exceeds the grid's {points} point(s), "
+                       f"which would run points twice; set trials_per_arm: {points}.")
 
 
 def _validate(spec: StudySpec) -> None:
-    for key, values in spec.ablate.items():
-        _check_dotted(key, ("ablate", key))
-        if not values:
-            raise _Located(("ablate", key), f"axis {key!r} needs at least one value.")
-        if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
-            raise _Located(("ablate", key), f"axis {key!r} repeats a value: {values}.")
-    if spec.search:
-        for key in spec.search.params:
-            _check_dotted(key, ("search", "params", key))
-            if key in spec.ablate:
-                raise _Located(("search", "params", key),
-                               f"{key} is both ablated and searched; an axis is either a grid or a search.")
+    _validate_ablate(spec.ablate)
+    if spec.search and spec.search.sampler == "grid":
+        _validate_grid_search(spec.search)
+    searched = set(spec.search.params) if spec.search else set()
+    for key in searched:
+        _check_dotted(key, ("search", "params", key))
+    for arm in spec.arms:
+        both = searched & set(arm.settings)
+        if both:
+            raise _Located(("search", "params", sorted(both)[0]),
+                           f"{sorted(both)[0]} is both ablated and searched; an axis is either a grid or a search.")
     try:
         TrialConfig.model_validate(spec.base)
     except ValidationError as error:
         first = error.errors()[0]
         raise _Located(("base", *first["loc"]),
                        "base: " + "; ".join(describe_validation_error(error, TrialConfig))) from None
-    from mmvit.study.plan import arms_of
-
-    for arm in arms_of(spec):
-        where = ("ablate", next(iter(arm))) if arm else ("base",)
+    for arm in spec.arms:
         try:
-            config = resolve_arm(spec, arm, spec.seeds[0])
+            config = spec.resolve(arm, spec.seeds[0])
         except SpecError as error:
-            raise _Located(where, str(error)) from None
+            raise _Located(_where_arm(spec, arm), str(error)) from None
         try:
             _check_arm(spec, config, arm)
         except SpecError as error:
-            raise _Located(where, f"arm {arm_name(arm)}: {error}") from None
+            raise _Located(_where_arm(spec, arm), f"arm {arm.name}: {error}") from None
+    _validate_reference(spec)
 
 
 def parse_spec(text: str, source: str = "<string>") -> StudySpec:

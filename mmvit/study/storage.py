@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from mmvit.errors import StudyError
+from mmvit.study.arms import arms_from_ablate
 from mmvit.study.spec import StudySpec
 
 PACKAGES = ("mmvit-study", "torch", "timm", "optuna", "ray", "rasterio", "numpy")
@@ -76,27 +77,31 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def spec_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
-    """(changes, additions) between two resolved specs. New seeds and new values of an existing
-    ablation axis are additions — they extend a study; anything else is a change."""
+    """(changes, additions) between two resolved specs. New seeds and new arms (a new value of
+    an existing axis, a new item of an arm list) are additions — they extend a study; anything
+    else is a change. ``description`` and ``reference`` are notes, not identity."""
     changes, additions = [], []
     old_seeds, new_seeds = old.get("seeds", []), new.get("seeds", [])
     if set(old_seeds) <= set(new_seeds):
         additions += [f"seed {s}" for s in new_seeds if s not in old_seeds]
     else:
         changes.append(f"seeds {old_seeds} → {new_seeds}")
-    old_axes, new_axes = old.get("ablate", {}), new.get("ablate", {})
-    if old_axes.keys() != new_axes.keys():
-        changes.append(f"ablation axes {list(old_axes)} → {list(new_axes)}")
-    else:
-        for axis, values in new_axes.items():
-            before = [json.dumps(v, sort_keys=True) for v in old_axes[axis]]
-            after = [json.dumps(v, sort_keys=True) for v in values]
-            if set(before) <= set(after):
-                additions += [f"{axis}={v}" for v, text in zip(values, after) if text not in before]
-            else:
-                changes.append(f"ablate.{axis} {old_axes[axis]} → {values}")
-    rest_old = _flatten({k: v for k, v in old.items() if k not in ("seeds", "ablate", "description")})
-    rest_new = _flatten({k: v for k, v in new.items() if k not in ("seeds", "ablate", "description")})
+
+    def arms(spec: dict) -> dict[str, str]:
+        return {arm.name: json.dumps(arm.settings, sort_keys=True) for arm in arms_from_ablate(spec.get("ablate", {}))}
+
+    old_arms, new_arms = arms(old), arms(new)
+    removed = [name for name in old_arms if name not in new_arms]
+    altered = [name for name in old_arms if name in new_arms and old_arms[name] != new_arms[name]]
+    if removed:
+        changes.append("arms removed or renamed: " + "; ".join(removed))
+    if altered:
+        changes.append("arms with changed settings: " + "; ".join(altered))
+    if not removed and not altered:
+        additions += [f"arm {name}" for name in new_arms if name not in old_arms]
+    ignored = ("seeds", "ablate", "description", "reference")
+    rest_old = _flatten({k: v for k, v in old.items() if k not in ignored})
+    rest_new = _flatten({k: v for k, v in new.items() if k not in ignored})
     for key in sorted(rest_old.keys() | rest_new.keys()):
         if rest_old.get(key) != rest_new.get(key):
             changes.append(f"{key}: {rest_old.get(key)!r} → {rest_new.get(key)!r}")

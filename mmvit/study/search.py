@@ -1,0 +1,226 @@
+"""``search:`` — parameters tuned inside each arm by an Optuna sampler, with ASHA per arm.
+
+Each arm has its own Optuna study (``<study>/search/<arm>``) in the study's storage, sampled by
+Ray Tune's :class:`OptunaSearch` (one per arm, dispatched by :class:`ArmSearch` so all arms
+search at once and the cluster stays busy). :class:`ArmASHA` keeps one ASHA bracket per arm:
+a trial is only ever compared with trials of its own arm, so ASHA never cuts an arm.
+
+OptunaSearch records an ASHA-stopped trial as COMPLETE with its truncated value; here it is
+recorded PRUNED, with ``pruned_at_epoch``. A COMPLETE trial's value is its validation metric at
+the best epoch, as for the final trials.
+
+Resume: trials a dead driver left RUNNING are marked FAIL (``interrupted``) and their
+parameters enqueued, so the next ask re-runs exactly that configuration, which finds its epoch
+checkpoint; the sampler is reseeded with the number of trials already stored (the same seed
+would repeat TPE's start-up configurations); the ASHA rungs are refilled from the stored
+intermediate values, so cut-offs are those of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from types import SimpleNamespace
+from typing import Any
+
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from mmvit.study.spec import SearchParam, StudySpec
+from mmvit.study.trial import StudyJob
+
+log = logging.getLogger(__name__)
+
+INTERRUPTED = "interrupted"
+
+
+def search_study_name(spec: StudySpec, arm_name: str) -> str:
+    return f"{spec.study}/search/{arm_name}"
+
+
+def distribution(param: SearchParam) -> optuna.distributions.BaseDistribution:
+    if param.type == "categorical":
+        return CategoricalDistribution(param.choices)
+    if param.type == "int":
+        return IntDistribution(int(param.low), int(param.high), log=param.log)
+    return FloatDistribution(param.low, param.high, log=param.log)
+
+
+def make_sampler(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
+    search = spec.search
+    if search.sampler == "grid":
+        return optuna.samplers.GridSampler({k: p.choices for k, p in search.params.items()}, seed=seed)
+    return {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
+            "cmaes": optuna.samplers.CmaEsSampler, "nsga2": optuna.samplers.NSGAIISampler}[search.sampler](seed=seed)
+
+
+def _sampler_seed(spec: StudySpec, arm_index: int, stored: int) -> int:
+    """Distinct per study, arm and resume: a resumed search does not repeat its start-up draws."""
+    text = f"{spec.study}/{arm_index}/{spec.seeds[0]}/{stored}"
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+
+
+def counts_as_done(trial: optuna.trial.FrozenTrial, retry_failed: bool) -> bool:
+    """A stored trial that uses up search budget: finished, or failed for real (unless retried)."""
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    if trial.state == TrialState.FAIL:
+        error = str(trial.user_attrs.get("error", ""))
+        return not (error.startswith(INTERRUPTED) or trial.user_attrs.get("retried") or retry_failed)
+    return False
+
+
+def prepare_arm_search(study: optuna.Study, retry_failed: bool, *, live: set[int] = frozenset()) -> int:
+    """Mark a dead driver's RUNNING trials interrupted and enqueue their parameters again (and
+    those of failed trials with ``retry_failed``). Returns the trials already done.
+    ``live``: trial ids a running driver still owns (left alone)."""
+    storage = study._storage
+    for trial in study.get_trials(deepcopy=False):
+        again = False
+        if trial.state == TrialState.RUNNING and trial._trial_id not in live:
+            storage.set_trial_user_attr(trial._trial_id, "error", f"{INTERRUPTED}: its driver stopped")
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            again = True
+        elif trial.state == TrialState.FAIL and retry_failed and not trial.user_attrs.get("retried") \
+                and not str(trial.user_attrs.get("error", "")).startswith(INTERRUPTED):
+            again = True
+        if again and trial.params:
+            storage.set_trial_user_attr(trial._trial_id, "retried", True)
+            study.enqueue_trial(trial.params, user_attrs={"resumes": trial.number}, skip_if_exists=False)
+    return sum(counts_as_done(t, retry_failed) for t in study.get_trials(deepcopy=False))
+
+
+class ArmSearch(Searcher):
+    """One OptunaSearch per arm behind one Ray searcher; hands out each arm's remaining budget,
+    the arm with the most left first."""
+
+    def __init__(self, job: StudyJob, budgets: dict[int, int], seeds_stored: dict[int, int]) -> None:
+        spec = job.spec
+        mode = "max" if spec.direction == "maximize" else "min"
+        super().__init__(metric=spec.metric, mode=mode)
+        from mmvit.study.storage import open_storage
+
+        space = {key: distribution(param) for key, param in spec.search.params.items()}
+        self.job, self.budgets = job, dict(budgets)
+        self.searchers = {
+            index: OptunaSearch(space, metric=spec.metric, mode=mode,
+                                sampler=make_sampler(spec, _sampler_seed(spec, index, seeds_stored[index])),
+                                study_name=search_study_name(spec, job.arms[index].name),
+                                storage=open_storage(job.url))
+            for index in budgets
+        }
+        self.owner: dict[str, int] = {}
+        self.epochs: dict[str, int] = {}
+        self.last_epoch: dict[str, int] = {}
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        open_arms = [index for index, left in self.budgets.items() if left > 0]
+        if not open_arms:
+            return Searcher.FINISHED
+        index = max(open_arms, key=lambda i: (self.budgets[i], -i))
+        searcher = self.searchers[index]
+        searcher.suggest(trial_id)
+        ot_trial = searcher._ot_trials[trial_id]
+        self.budgets[index] -= 1
+        self.owner[trial_id] = index
+        seed = self.job.spec.seeds[0]
+        self.epochs[trial_id] = self.job.resolve(index, seed, ot_trial.params).train.epochs
+        return {"point": {"arm": index, "seed": seed, "params": dict(ot_trial.params),
+                          "search": [searcher._study_name, ot_trial._trial_id]}}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        searcher = self.searchers[self.owner[trial_id]]
+        epoch = int(result["epoch"])
+        self.last_epoch[trial_id] = epoch
+        searcher._ot_trials[trial_id].report(result[self.metric], epoch)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        searcher = self.searchers[self.owner[trial_id]]
+        if trial_id in searcher._completed_trials:
+            return
+        searcher._completed_trials.add(trial_id)
+        ot_trial = searcher._ot_trials[trial_id]
+        study = searcher._ot_study
+        if result and "epoch" in result and self.metric in result:
+            # Tune hands the result that made ASHA stop a trial only to on_trial_complete.
+            self.on_trial_result(trial_id, result)
+        last = self.last_epoch.get(trial_id, 0)
+        try:
+            if error:
+                study.tell(ot_trial, state=TrialState.FAIL)
+            elif last < self.epochs[trial_id]:
+                study._storage.set_trial_user_attr(ot_trial._trial_id, "pruned_at_epoch", last)
+                study.tell(ot_trial, state=TrialState.PRUNED)
+            else:
+                stored = study._storage.get_trial(ot_trial._trial_id).user_attrs
+                value = stored.get("validation", {}).get(self.metric, (result or {}).get(self.metric))
+                study.tell(ot_trial, value)
+        except Exception as failure:  # a finished trial, a NaN value: never lose the rest
+            log.warning("Could not record search trial %s: %s", ot_trial.number, failure)
+
+
+class ArmASHA(FIFOScheduler):
+    """ASHA with one bracket per arm: trials compete only within their arm."""
+
+    def __init__(self, job: StudyJob, *, grace_period: int, reduction_factor: float, max_t: int) -> None:
+        super().__init__()
+        mode = "max" if job.spec.direction == "maximize" else "min"
+        self.metric_name, self.sign = job.spec.metric, 1.0 if mode == "max" else -1.0
+        self.per_arm: dict[int, ASHAScheduler] = {}
+        self._make = lambda: ASHAScheduler(time_attr="epoch", metric=job.spec.metric, mode=mode, max_t=max_t,
+                                           grace_period=grace_period, reduction_factor=reduction_factor,
+                                           stop_last_trials=False)  # a finished trial records its results itself
+
+    def _arm(self, index: int) -> ASHAScheduler:
+        if index not in self.per_arm:
+            self.per_arm[index] = self._make()
+        return self.per_arm[index]
+
+    def replay(self, index: int, study: optuna.Study) -> None:
+        """Refill an arm's rungs from the intermediate values of its finished trials."""
+        bracket = self._arm(index)._brackets[0]
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            ghost = SimpleNamespace(trial_id=f"stored-{trial.number}")
+            for epoch, value in sorted(trial.intermediate_values.items()):
+                bracket.on_result(ghost, epoch, self.sign * value)
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        return True
+
+    @staticmethod
+    def _index(trial) -> int:
+        return int(trial.config["point"]["arm"])
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        self._arm(self._index(trial)).on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        return self._arm(self._index(trial)).on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        self._arm(self._index(trial)).on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_error(self, tune_controller, trial) -> None:
+        self._arm(self._index(trial)).on_trial_error(tune_controller, trial)
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        self._arm(self._index(trial)).on_trial_remove(tune_controller, trial)
+
+    def debug_string(self) -> str:
+        return "\n".join(f"arm {i}: {s.debug_string()}" for i, s in sorted(self.per_arm.items()))
+
+
+def best_params(study: optuna.Study) -> dict[str, Any] | None:
+    """Parameters of the arm's best COMPLETE search trial (validation only), or None."""
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    if not complete:
+        return None
+    best = (max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min)(complete, key=lambda t: t.value)
+    return dict(best.params)
+
+
+__all__ = ["ArmASHA", "ArmSearch", "best_params", "prepare_arm_search", "search_study_name"]

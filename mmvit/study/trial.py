@@ -1,0 +1,147 @@
+"""One study trial as a Ray Tune function trainable, recording itself in Optuna storage.
+
+A *final* trial (an arm × seed of the table) asks its own Optuna trial in the main study and
+tells it at the end, so exactly the grid points the driver hands out are recorded, whatever
+happens to the driver. A *search* trial was asked by the driver's sampler
+(:mod:`mmvit.study.search`); it records its configuration and per-epoch history, and the
+driver tells it COMPLETE, PRUNED (ASHA) or FAIL. Checkpoints live under
+``studies/<study>/checkpoints/<hash of the resolved configuration>/``, so a re-run of the same
+configuration — after a crash, a kill or Ctrl-C — resumes from its last finished epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from mmvit.config import TrialConfig
+from mmvit.study.arms import Arm, ablated_keys
+from mmvit.study.spec import StudySpec
+from mmvit.study.storage import open_storage
+
+QUICK_PROFILE: dict[str, Any] = {
+    "train.epochs": 2,
+    "train.batch_size": 32,
+    "model.embed_dim": 64,
+    "model.num_heads": 4,
+    "data.num_workers": 0,
+}
+"""What the quick profile shrinks (budgets and width) — never a key a study ablates or searches."""
+
+PROFILE_GROUPS = (("model.embed_dim", "model.num_heads"),)
+"""Keys the profile changes together or not at all (``embed_dim % num_heads == 0``)."""
+
+
+def profile_overrides(spec: StudySpec, profile: str) -> dict[str, Any]:
+    """The quick profile minus every key the study varies (and its group)."""
+    if profile != "quick":
+        return {}
+    varied = ablated_keys(spec.ablate) | set(spec.search.params if spec.search else ())
+    for group in PROFILE_GROUPS:
+        if varied & set(group):
+            varied |= set(group)
+    return {key: value for key, value in QUICK_PROFILE.items() if key not in varied}
+
+
+@dataclass
+class StudyJob:
+    """Everything a Ray trial needs to train one point and record it (picklable)."""
+
+    spec: StudySpec
+    url: str
+    profile: str
+    data_root: str | None
+    checkpoints: Path
+    arms: list[Arm] = field(default_factory=list)
+
+    def resolve(self, arm_index: int, seed: int, params: dict[str, Any] | None = None) -> TrialConfig:
+        config = self.spec.resolve(self.arms[arm_index], seed, params=params,
+                                   profile=profile_overrides(self.spec, self.profile))
+        if self.data_root is not None:
+            config.data.root = self.data_root
+        return config
+
+
+def config_key(config: TrialConfig) -> str:
+    """Identity of a resolved configuration: names its checkpoint folder."""
+    return hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _scalars(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k != "ap_per_class"}
+
+
+def _finite(values: list[float]) -> list[float | None]:
+    """JSON has no NaN: a class without positives in a split has AP null."""
+    return [None if v is None or math.isnan(v) else float(v) for v in values]
+
+
+def run_trial(config: dict[str, Any], job: StudyJob) -> None:
+    """Ray Tune function trainable. ``config["point"]``: ``arm`` (index), ``seed``, ``params`` (searched
+    values or None), ``search`` ([study name, Optuna trial id] for a search trial, else None)."""
+    import torch
+    from ray import tune
+
+    from mmvit.data.loader import available_cpus
+    from mmvit.train.loop import train_trial
+
+    point = config["point"]
+    arm_index, seed, params = point["arm"], point["seed"], point.get("params")
+    config = job.resolve(arm_index, seed, params)
+    # Ray does not pin trials to cores: size torch's threads and the loader to the trial's share.
+    cpus = max(1, int(job.spec.resources.cpu))
+    torch.set_num_threads(cpus)
+    if config.data.num_workers is None:
+        config.data.num_workers = min(cpus - 1, available_cpus())
+    storage = open_storage(job.url)
+    if point.get("search"):
+        trial_id, study = point["search"][1], None
+    else:
+        study = optuna.load_study(study_name=job.spec.study, storage=storage)
+        trial_id = study.ask()._trial_id
+    arm = job.arms[arm_index]
+    attrs = {"arm": arm.name, "arm_index": arm_index, "seed": seed, "phase": "search" if study is None else "final",
+             "config": config.model_dump(mode="json"), "config_key": config_key(config)}
+    if params:
+        attrs["search_params"] = params
+    if point.get("search_trial") is not None:
+        attrs["search_trial"] = point["search_trial"]
+    for key, value in attrs.items():
+        storage.set_trial_user_attr(trial_id, key, value)
+    history: list[dict] = []
+    metric = job.spec.metric
+
+    def on_epoch(record, checkpoint_path) -> None:
+        history.append({"epoch": record.epoch, "train_loss": record.train_loss, "seconds": record.seconds,
+                        **_scalars(record.validation)})
+        value = record.validation[metric]
+        if study is not None:  # a search trial's intermediate values are reported by the driver
+            storage.set_trial_intermediate_value(trial_id, record.epoch, value)
+        storage.set_trial_user_attr(trial_id, "history", history)
+        tune.report({metric: value, "epoch": record.epoch})
+
+    try:
+        result = train_trial(config, checkpoint_dir=job.checkpoints / config_key(config), on_epoch=on_epoch)
+    except Exception as error:
+        storage.set_trial_user_attr(trial_id, "error", f"{type(error).__name__}: {error}")
+        if study is not None:
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        raise
+    for key, value in {
+        "validation": _scalars(result.validation), "test": _scalars(result.test),
+        "ap_per_class_validation": _finite(result.validation["ap_per_class"]),
+        "ap_per_class_test": _finite(result.test["ap_per_class"]), "best_epoch": result.best_epoch,
+        "parameters": result.parameters, "samples_per_s": result.samples_per_s,
+        "peak_memory_mb": result.peak_memory_mb, "wall_s": result.wall_s,
+        "epochs_run": result.epochs_run, "device": result.device, "class_counts": result.class_counts,
+    }.items():
+        storage.set_trial_user_attr(trial_id, key, value)
+    if study is not None:
+        storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [result.validation[metric]])
