@@ -222,19 +222,31 @@ def run(
 ) -> None:
     """Run (or resume) a study: every arm × seed, recorded in Optuna storage."""
     from mmvit.study.runner import run_study
+    from mmvit.study.spec import load_spec
     from mmvit.study.storage import redact, storage_url
 
-    summary = run_study(file, studies_dir=studies_dir, storage=storage,
-                        data=str(data) if data else None, profile=profile, address=address,
-                        retry_failed=retry_failed, verbose=verbose)
+    name = load_spec(file).study
+    where = redact(storage_url(name, studies_dir, storage))
+    try:
+        summary = run_study(file, studies_dir=studies_dir, storage=storage,
+                            data=str(data) if data else None, profile=profile, address=address,
+                            retry_failed=retry_failed, verbose=verbose, console=console)
+    except KeyboardInterrupt:
+        console.print(f"Stopped at once. Everything finished is in {where}; trials that were running "
+                      f"resume from their last epoch checkpoint when you run the same command again.")
+        raise typer.Exit(130) from None
+    searched = f", {summary.search_trials} search trial(s)" if summary.search_trials else ""
     console.print(f"{summary.planned} trial(s) planned: {summary.already_done} already done, "
-                  f"{summary.ran} run now, {len(summary.failed)} failed · {summary.seconds:,.0f} s")
+                  f"{summary.ran} run now{searched}, {len(summary.failed)} failed · {summary.seconds:,.0f} s")
     for line in summary.failed:
         console.print(f"  failed: {line}", highlight=False)
-    from mmvit.study.spec import load_spec
-
-    study = load_spec(file).study
-    console.print(f"storage: {redact(storage_url(study, studies_dir, storage))} — see `mmvit-study status {study}`")
+    for arm in summary.unsearched_arms:
+        console.print(f"  not trained: {arm} — no search trial of this arm completed (see `status`).")
+    console.print(f"storage: {where} — see `mmvit-study status {name}`")
+    if summary.interrupted:
+        console.print(f"Interrupted: {summary.interrupted} trial(s) stopped; they resume from their last "
+                      "epoch checkpoint when you run the same command again.")
+        raise typer.Exit(130)
 
 
 @app.command("status")

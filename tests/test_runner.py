@@ -171,3 +171,28 @@ def test_search_prunes_with_asha_per_arm_and_trains_each_arms_best(ray_session, 
 
     again = run_study(path, studies_dir=tmp_path / "studies", data=str(demo_root), profile="quick")
     assert (again.search_trials, again.ran) == (0, 0), "a finished search is not searched again"
+
+
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(ray_session, tmp_path):
+    from mmvit.data.archive import open_archive
+    from mmvit.data.demo import write_demo_archive
+
+    root = write_demo_archive(tmp_path / "archive", patches=60, seed=3)
+    s1_file = next(root.glob("BigEarthNet-S1-v1.0/*/*_VH.tif"))
+    good = s1_file.read_bytes()
+    s1_file.write_bytes(b"not a GeoTIFF")  # a corrupt patch: only the S1 arm reads it
+    path = tmp_path / "fail.yaml"
+    path.write_text("study: fail\nablate:\n  data.modalities: [s2, s1]\nbase:\n  model: {fusion: vit, patch_size: 30, "
+                    "depth: 1}\nresources: {cpu: 1}\n")
+    kwargs = dict(studies_dir=tmp_path / "studies", data=str(root), profile="quick")
+    summary = run_study(path, **kwargs)
+    assert summary.ran == 2 and len(summary.failed) == 1
+    assert summary.failed[0].startswith("data.modalities=s1 seed 0:") and s1_file.name in summary.failed[0]
+    states = {t.user_attrs["arm"]: t.state for t in _study(tmp_path, "fail").get_trials()}
+    assert states == {"data.modalities=s2": TrialState.COMPLETE, "data.modalities=s1": TrialState.FAIL}
+
+    s1_file.write_bytes(good)
+    assert run_study(path, **kwargs).ran == 0, "a failed trial waits for --retry-failed"
+    retried = run_study(path, **kwargs, retry_failed=True)
+    assert (retried.ran, retried.failed) == (1, [])
+    assert open_archive(root).root == root

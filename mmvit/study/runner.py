@@ -117,6 +117,16 @@ def remaining_points(study: optuna.Study, arms: list[Arm], seeds: list[int], *,
     return todo, len(done)
 
 
+def failures(study: optuna.Study) -> list[str]:
+    """``arm seed N: error`` of each final point whose last attempt failed (and none completed)."""
+    trials = study.get_trials(deepcopy=False)
+    complete = {(t.user_attrs.get("arm"), t.user_attrs.get("seed")) for t in trials if t.state == TrialState.COMPLETE}
+    return [f"{t.user_attrs.get('arm')} seed {t.user_attrs.get('seed')}: {t.user_attrs.get('error')}"
+            for t in trials if t.state == TrialState.FAIL
+            and not str(t.user_attrs.get("error", "")).startswith(INTERRUPTED)
+            and (t.user_attrs.get("arm"), t.user_attrs.get("seed")) not in complete]
+
+
 @contextmanager
 def ray_session(address: str | None, verbose: bool) -> Iterator[None]:
     """Join ``address`` or start a lean local Ray (no dashboard, small object store)."""
@@ -124,6 +134,8 @@ def ray_session(address: str | None, verbose: bool) -> Iterator[None]:
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no config box: the progress view is ours
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    if not verbose:  # a failed trial's traceback is in storage and in the summary, not on the console
+        logging.getLogger("ray").setLevel(logging.CRITICAL)
     started = not ray.is_initialized()
     if started:
         ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
@@ -204,7 +216,8 @@ def run_search(job: StudyJob, studies_dir: Path, retry_failed: bool, verbose: bo
 
 def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str | None = None,
               data: str | None = None, profile: str | None = None, address: str | None = None,
-              retry_failed: bool = False, verbose: bool = False) -> RunSummary:
+              retry_failed: bool = False, verbose: bool = False, console=None) -> RunSummary:
+    """Run what the study still needs; ``console`` (a rich Console) shows the live view."""
     started = time.time()
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
     spec = load_spec(path)
@@ -217,7 +230,7 @@ def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str |
     job = StudyJob(spec, url, profile, data_root, (studies_dir / spec.study / "checkpoints").resolve(), spec.arms)
     record_identity(study, job)
     planned = len(job.arms) * len(spec.seeds)
-    with ray_session(address, verbose):
+    with ray_session(address, verbose), _live_view(job, console):
         check_resources(spec)
         searched = run_search(job, studies_dir, retry_failed, verbose) if spec.search else 0
         params, unsearched = {}, []
@@ -237,11 +250,34 @@ def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str |
 
             _tuner(job, studies_dir, "final", verbose, param_space={"point": tune.grid_search(points)}).fit()
     interrupted = mark_interrupted(study)
-    failed = [f"{t.user_attrs.get('arm')} seed {t.user_attrs.get('seed')}: {t.user_attrs.get('error')}"
-              for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-              if not str(t.user_attrs.get("error", "")).startswith(INTERRUPTED)]
+    failed = failures(study)
     return RunSummary(planned, done, len(todo) - interrupted, failed, time.time() - started, interrupted,
                       searched, tuple(unsearched))
+
+
+def concurrency(spec: StudySpec) -> int:
+    """How many trials the cluster runs at once (for the ETA)."""
+    import ray
+
+    total = ray.cluster_resources()
+    fits = total.get("CPU", 1) // spec.resources.cpu
+    if spec.resources.gpu:
+        fits = min(fits, total.get("GPU", 0) // spec.resources.gpu)
+    return int(max(1, min(fits, spec.max_concurrent or fits)))
+
+
+@contextmanager
+def _live_view(job: StudyJob, console) -> Iterator[None]:
+    if console is None:
+        yield
+        return
+    from mmvit.study.progress import LiveView
+
+    spec = job.spec
+    with LiveView(job.url, spec.study, seeds=len(spec.seeds), direction=spec.direction,
+                  concurrency=concurrency(spec), console=console,
+                  search_budget=spec.search.trials_per_arm if spec.search else 0):
+        yield
 
 
 def status_rows(study_name: str, *, studies_dir: Path = Path("studies"), storage: str | None = None):

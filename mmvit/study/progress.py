@@ -1,0 +1,124 @@
+"""The live view of a running study, drawn from Optuna storage (the same truth ``status`` and
+the report read), so it shows what every driver on the study has done, not one process's view.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import optuna
+from optuna.trial import TrialState
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from mmvit.study.storage import open_storage, redact
+
+
+@dataclass
+class ArmProgress:
+    name: str
+    final: Counter = field(default_factory=Counter)
+    search: Counter = field(default_factory=Counter)
+    best: float | None = None
+
+
+@dataclass
+class Snapshot:
+    arms: list[ArmProgress]
+    planned: int
+    complete: int
+    trial_seconds: list[float]
+
+
+def snapshot(url: str, study_name: str, seeds: int, better) -> Snapshot:
+    """Counts by state per arm, best validation value so far, finished trials' durations."""
+    storage = open_storage(url)
+    main = optuna.load_study(study_name=study_name, storage=storage)
+    names = [a["name"] for a in main.user_attrs.get("arms", [])]
+    arms = {name: ArmProgress(name) for name in names}
+    seconds: list[float] = []
+
+    def add(trial, counter_of) -> None:
+        arm = arms.get(trial.user_attrs.get("arm"))
+        if arm is None:
+            return
+        counter_of(arm)[trial.state.name] += 1
+        if trial.state == TrialState.COMPLETE and trial.value is not None:
+            arm.best = trial.value if arm.best is None or better(trial.value, arm.best) else arm.best
+        if trial.datetime_complete and trial.datetime_start:
+            seconds.append((trial.datetime_complete - trial.datetime_start).total_seconds())
+
+    for trial in main.get_trials(deepcopy=False):
+        add(trial, lambda a: a.final)
+    for name in main.user_attrs.get("search_studies", []):
+        try:
+            search = optuna.load_study(study_name=name, storage=storage)
+        except KeyError:
+            continue
+        for trial in search.get_trials(deepcopy=False):
+            add(trial, lambda a: a.search)
+    complete = sum(a.final["COMPLETE"] for a in arms.values())
+    return Snapshot(list(arms.values()), len(names) * seeds, complete, seconds)
+
+
+def render(snap: Snapshot, title: str, started: float, concurrency: int, search_budget: int) -> Group:
+    table = Table("arm", "final (done/running/failed)", "search (done/pruned/running/failed)", "best val",
+                  title=title, title_justify="left", expand=False)
+    for arm in snap.arms:
+        search = (f"{arm.search['COMPLETE']}/{arm.search['PRUNED']}/{arm.search['RUNNING']}/{arm.search['FAIL']}"
+                  if search_budget else "—")
+        table.add_row(arm.name, f"{arm.final['COMPLETE']}/{arm.final['RUNNING']}/{arm.final['FAIL']}", search,
+                      "—" if arm.best is None else f"{arm.best:.4f}")
+    elapsed = time.time() - started
+    left = snap.planned - snap.complete + sum(max(0, search_budget - a.search["COMPLETE"] - a.search["PRUNED"])
+                                              for a in snap.arms)
+    eta = ""
+    if snap.trial_seconds and left:
+        mean = sum(snap.trial_seconds) / len(snap.trial_seconds)
+        eta = f" · ETA ≈ {mean * left / max(1, concurrency) / 60:.1f} min"
+    line = Text(f"{snap.complete}/{snap.planned} final trials complete · {elapsed / 60:.1f} min elapsed{eta}")
+    return Group(table, line)
+
+
+class LiveView:
+    """Redraws the study's progress every ``interval`` s in a thread while the study runs."""
+
+    def __init__(self, url: str, study_name: str, *, seeds: int, direction: str, concurrency: int,
+                 search_budget: int, console: Console | None = None, interval: float = 2.0) -> None:
+        better = (lambda a, b: a > b) if direction == "maximize" else (lambda a, b: a < b)
+        self._args = (url, study_name, seeds, better)
+        self._title = f"{study_name} — {redact(url)}"
+        self._concurrency, self._budget, self._interval = concurrency, search_budget, interval
+        self._console = console or Console()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started = time.time()
+
+    def _draw(self) -> Group | Text:
+        try:
+            return render(snapshot(*self._args), self._title, self._started, self._concurrency, self._budget)
+        except Exception as error:  # storage busy or not yet written: keep the study running
+            return Text(f"(progress unavailable: {type(error).__name__})")
+
+    def _loop(self) -> None:
+        with Live(self._draw(), console=self._console, refresh_per_second=1, transient=False) as live:
+            while not self._stop.wait(self._interval):
+                live.update(self._draw())
+            live.update(self._draw())
+
+    def __enter__(self) -> LiveView:
+        self._thread = threading.Thread(target=self._loop, name="mmvit-progress", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+        if not self._console.is_terminal:
+            self._console.line()  # rich leaves a non-terminal's last line open

@@ -1,0 +1,133 @@
+"""Resume like a user: `mmvit-study run` as a real process, killed (the whole process tree, Ray's
+daemons included) or interrupted with Ctrl-C mid-study, then the same command again."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from mmvit.study.storage import open_storage, storage_url
+
+SPEC = """\
+study: {name}
+ablate:
+  model.fusion: [early, sct, modality_token]
+seeds: [0]
+base:
+  model: {{patch_size: 30, depth: 1, embed_dim: 32, num_heads: 2}}
+  train: {{epochs: 12, batch_size: 32}}
+  data: {{num_workers: 0}}
+resources: {{cpu: 1}}
+max_concurrent: 2
+"""
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc), so the kill takes Ray's daemons and workers too."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _start(tmp_path: Path, name: str, demo_root: Path) -> subprocess.Popen:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(SPEC.format(name=name))
+    command = [str(Path(sys.executable).parent / "mmvit-study"), "run", str(path), "--data", str(demo_root),
+               "--profile", "full", "--studies-dir", str(tmp_path / "studies")]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env={**os.environ, "COLUMNS": "200"})
+
+
+def _trials(tmp_path: Path, name: str):
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(storage_url(name, tmp_path / "studies")))
+    except KeyError:
+        return []
+    return study.get_trials()
+
+
+def _wait_mid_study(tmp_path: Path, name: str, process: subprocess.Popen, timeout: float = 180):
+    """Until one trial is COMPLETE and another RUNNING has finished an epoch."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert process.poll() is None, process.stdout.read()
+        trials = _trials(tmp_path, name)
+        if any(t.state == TrialState.COMPLETE for t in trials) and any(
+                t.state == TrialState.RUNNING and len(t.user_attrs.get("history", [])) >= 1 for t in trials):
+            return trials
+        time.sleep(0.3)
+    pytest.fail("the study never reached the middle")
+
+
+def _finish(tmp_path: Path, name: str, demo_root: Path) -> str:
+    again = _start(tmp_path, name, demo_root)
+    output, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, output
+    return output
+
+
+def _assert_resumed(tmp_path: Path, name: str, before) -> None:
+    done_before = {t.number for t in before if t.state == TrialState.COMPLETE}
+    trials = _trials(tmp_path, name)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 3, "the final count equals the plan"
+    assert len({t.user_attrs["config_key"] for t in complete}) == 3, "no configuration twice"
+    assert done_before <= {t.number for t in complete}, "finished trials are kept, not re-run"
+    interrupted = [t for t in trials if t.state == TrialState.FAIL]
+    assert interrupted and all(t.user_attrs["error"].startswith("interrupted") for t in interrupted)
+    for stopped in interrupted:
+        epochs_before = len(stopped.user_attrs.get("history", []))
+        rerun = next(t for t in complete if t.user_attrs["config_key"] == stopped.user_attrs["config_key"])
+        if epochs_before:
+            assert rerun.user_attrs["history"][0]["epoch"] == epochs_before + 1, \
+                "the interrupted trial resumed after its last checkpointed epoch"
+        assert rerun.user_attrs["epochs_run"] == 12
+
+
+def test_sigkill_of_the_whole_process_tree_then_the_same_command_resumes(tmp_path, demo_root):
+    process = _start(tmp_path, "killed", demo_root)
+    before = _wait_mid_study(tmp_path, "killed", process)
+    victims = [process.pid, *_descendants(process.pid)]
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait(timeout=30)
+    before = _trials(tmp_path, "killed")
+    assert any(t.state == TrialState.RUNNING for t in before), "the kill left trials RUNNING in storage"
+    _finish(tmp_path, "killed", demo_root)
+    _assert_resumed(tmp_path, "killed", before)
+
+
+def test_ctrl_c_stops_gracefully_and_the_same_command_resumes(tmp_path, demo_root):
+    process = _start(tmp_path, "stopped", demo_root)
+    _wait_mid_study(tmp_path, "stopped", process)
+    os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: the whole foreground group
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output
+    assert "Interrupted:" in output and "resume from their last epoch checkpoint" in output
+    assert "Traceback" not in output
+    before = _trials(tmp_path, "stopped")
+    assert not any(t.state == TrialState.RUNNING for t in before), "a graceful stop leaves nothing RUNNING"
+    _finish(tmp_path, "stopped", demo_root)
+    _assert_resumed(tmp_path, "stopped", before)
