@@ -182,6 +182,26 @@ def bench_models(
     console.print(summary(rows), soft_wrap=True, highlight=False)
 
 
+@bench_app.command("study")
+def bench_study(
+    epochs: Annotated[int, typer.Option(help="Epochs per trial (longer trials hide fixed costs).")] = 6,
+    cpu: Annotated[float, typer.Option(help="CPUs per trial.")] = 1.0,
+    data: Annotated[Optional[Path], typer.Option(help="Archive root (default: the demo archive).")] = None,
+) -> None:
+    """Wall time of a 12-trial study against Σ trial time ÷ concurrency (the runner's overhead)."""
+    from mmvit.bench.study import run_study_benchmark
+
+    result = run_study_benchmark(epochs=epochs, cpu=cpu, data=str(data) if data else None)
+    trial = result.trial_s
+    console.print(f"{result.trials} trials × {epochs} epochs, {result.concurrency} at a time: "
+                  f"trial time {min(trial):.1f}–{max(trial):.1f} s (Σ {sum(trial):.1f} s)\n"
+                  f"wall {result.wall_s:.1f} s (Ray start {result.ray_start_s:.1f} s) vs ideal "
+                  f"Σ ÷ {result.concurrency} = {result.ideal_s:.1f} s → ratio {result.ratio:.3f} "
+                  f"(target ≤ 1.05)\nfirst trial started after {result.first_start_s:.1f} s; "
+                  f"end of the last trial to exit {result.tail_s:.1f} s; Σ storage/set-up time "
+                  f"inside trials beyond their own {result.gaps_s:.1f} s", highlight=False)
+
+
 @app.command("validate")
 def validate(
     file: Annotated[Path, typer.Argument(help="A study file (YAML).")],

@@ -1,0 +1,88 @@
+"""Study-runner overhead: a 12-trial demo study's wall time against the trials' own time.
+
+ideal = Σ (each trial's own wall time, from storage) ÷ concurrency; ratio = study wall ÷ ideal.
+Everything the runner adds — Ray start, scheduling, storage writes, actor start-up, the tail
+where fewer trials than slots are left — shows up in the ratio (1.00 = no overhead).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+STUDY = """\
+study: bench
+ablate:
+  model.fusion: [early, sct, modality_token, channel_token]
+  model.depth: [1, 2, 3]
+seeds: [0]
+base:
+  model: {{patch_size: 30, embed_dim: 32, num_heads: 2}}
+  train: {{epochs: {epochs}, batch_size: 32}}
+  data: {{num_workers: 0}}
+resources: {{cpu: {cpu}}}
+"""
+
+
+@dataclass
+class StudyBenchmark:
+    trials: int
+    concurrency: int
+    wall_s: float
+    trial_s: list[float]
+    ray_start_s: float
+    first_start_s: float
+    """From the start to the first trial's start (Ray, the study, an actor, imports)."""
+    tail_s: float
+    """From the last trial's end to the end (shutdown)."""
+    gaps_s: float
+    """Σ over trials of the time between a trial's Optuna start and its training start."""
+
+    @property
+    def ideal_s(self) -> float:
+        return sum(self.trial_s) / self.concurrency
+
+    @property
+    def ratio(self) -> float:
+        return self.wall_s / self.ideal_s
+
+
+def run_study_benchmark(epochs: int = 6, cpu: float = 1.0, data: str | None = None) -> StudyBenchmark:
+    """Run the 12-arm study in a fresh folder and time it end to end (Ray start included)."""
+    import ray
+
+    from mmvit.study.runner import concurrency, run_study
+    from mmvit.study.spec import load_spec
+    from mmvit.study.storage import open_storage, storage_url
+
+    if data is None:
+        from mmvit.data.demo import ensure_demo_archive
+
+        data = str(ensure_demo_archive())
+    with tempfile.TemporaryDirectory(prefix="mmvit-bench-study-") as folder:
+        path = Path(folder) / "bench.yaml"
+        path.write_text(STUDY.format(epochs=epochs, cpu=cpu))
+        studies = Path(folder) / "studies"
+        started, epoch_started = time.perf_counter(), time.time()
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                 object_store_memory=100 * 2**20)
+        ray_start = time.perf_counter() - started
+        try:
+            slots = concurrency(load_spec(path))
+            run_study(path, studies_dir=studies, data=data, profile="full")
+        finally:
+            ray.shutdown()
+        wall = time.perf_counter() - started
+        study = optuna.load_study(study_name="bench", storage=open_storage(storage_url("bench", studies)))
+        trials = study.get_trials(states=(TrialState.COMPLETE,))
+        starts = [t.datetime_start.timestamp() for t in trials]
+        ends = [t.datetime_complete.timestamp() for t in trials]
+        own = [t.user_attrs["wall_s"] for t in trials]
+        gaps = sum(end - start - w for start, end, w in zip(starts, ends, own))
+        return StudyBenchmark(len(trials), slots, wall, own, ray_start, min(starts) - epoch_started,
+                              epoch_started + wall - max(ends), gaps)
