@@ -170,3 +170,13 @@ def test_validate_prints_the_plan(tmp_path):
     assert result.exit_code == 0, result.output
     assert "4 arm(s) × 3 seed(s)" in result.output and "= 32 trial(s)" in result.output
     assert "GPU-hours" in result.output and "minimize" in result.output
+
+
+def test_the_readme_example_study_file_is_valid():
+    from pathlib import Path
+
+    readme = Path(__file__).parent.parent.joinpath("README.md").read_text()
+    text = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    spec = parse_spec(text, "README.md")
+    assert len(spec.arms) == 4 and spec.search.sampler == "tpe"
+    assert spec.reference.arms.keys() <= {a.name for a in spec.arms}
