@@ -61,7 +61,7 @@ def resolve_data(data: str | None, spec: StudySpec, profile: str | None) -> tupl
         return None, archive, profile
     from mmvit.data.archive import open_archive
 
-    archive = str(open_archive(data).root)
+    archive = str(Path(open_archive(data).root).resolve())  # Ray trials run in another folder
     profile = profile or "full"
     if profile not in ("quick", "full"):
         raise SpecError(f"--profile must be quick or full, but got {profile!r}.")
@@ -155,7 +155,7 @@ def check_resources(spec: StudySpec) -> None:
     total = ray.cluster_resources()
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
     gpu, cpu = spec.resources.gpu, spec.resources.cpu
-    if gpu > 0 and not any(n.get("GPU", 0) >= min(gpu, 1.0) for n in nodes):
+    if gpu > 0 and not any(n.get("GPU", 0) >= gpu for n in nodes):  # one trial lives on one node
         raise StudyError(f"Each trial asks for {gpu:g} GPU (resources.gpu), but no node of the Ray cluster has "
                          f"that many ({total.get('GPU', 0):g} GPU in all). Lower resources.gpu, or join a "
                          "cluster with GPUs (--address).")

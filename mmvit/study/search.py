@@ -145,7 +145,7 @@ class ArmSearch(Searcher):
         searcher._completed_trials.add(trial_id)
         ot_trial = searcher._ot_trials[trial_id]
         study = searcher._ot_study
-        if result and "epoch" in result and self.metric in result:
+        if result and self.metric in result and int(result.get("epoch", 0)) > self.last_epoch.get(trial_id, 0):
             # Tune hands the result that made ASHA stop a trial only to on_trial_complete.
             self.on_trial_result(trial_id, result)
         last = self.last_epoch.get(trial_id, 0)

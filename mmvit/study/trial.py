@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,20 @@ def _finite(values: list[float]) -> list[float | None]:
     return [None if v is None or math.isnan(v) else float(v) for v in values]
 
 
+def placement() -> dict[str, Any]:
+    """Where Ray put this trial: node, host and the GPU ids it was given (torch sees exactly
+    those through ``CUDA_VISIBLE_DEVICES``, so ``cuda`` is the assigned device, never device 0
+    of the node by habit)."""
+    import socket
+
+    import ray
+
+    context = ray.get_runtime_context()
+    return {"node": context.get_node_id(), "host": socket.gethostname(),
+            "gpu_ids": [str(i) for i in context.get_accelerator_ids().get("GPU", [])],
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
 def run_trial(config: dict[str, Any], job: StudyJob) -> None:
     """Ray Tune function trainable. ``config["point"]``: ``arm`` (index), ``seed``, ``params`` (searched
     values or None), ``search`` ([study name, Optuna trial id] for a search trial, else None)."""
@@ -107,7 +122,7 @@ def run_trial(config: dict[str, Any], job: StudyJob) -> None:
         study = optuna.load_study(study_name=job.spec.study, storage=storage)
         trial_id = study.ask()._trial_id
     arm = job.arms[arm_index]
-    attrs = {"arm": arm.name, "arm_index": arm_index, "seed": seed, "phase": "search" if study is None else "final",
+    attrs = {**placement(), "arm": arm.name, "arm_index": arm_index, "seed": seed, "phase": "search" if study is None else "final",
              "config": config.model_dump(mode="json"), "config_key": config_key(config)}
     if params:
         attrs["search_params"] = params
