@@ -238,6 +238,7 @@ def run(
     profile: Annotated[Optional[str], typer.Option(help="quick or full (default: quick on the demo archive).")] = None,
     address: Annotated[Optional[str], typer.Option(help="Join a running Ray cluster (auto or HOST:PORT).")] = None,
     retry_failed: Annotated[bool, typer.Option(help="Run failed trials again.")] = False,
+    reports_dir: Annotated[Path, typer.Option(help="Where the live report reports/<study>/ is written.")] = Path("reports"),
     verbose: Annotated[bool, typer.Option(help="Show Ray's logs.")] = False,
 ) -> None:
     """Run (or resume) a study: every arm × seed, recorded in Optuna storage."""
@@ -250,7 +251,8 @@ def run(
     try:
         summary = run_study(file, studies_dir=studies_dir, storage=storage,
                             data=str(data) if data else None, profile=profile, address=address,
-                            retry_failed=retry_failed, verbose=verbose, console=console)
+                            retry_failed=retry_failed, verbose=verbose, console=console,
+                            reports_dir=reports_dir)
     except KeyboardInterrupt:
         console.print(f"Stopped at once. Everything finished is in {where}; trials that were running "
                       f"resume from their last epoch checkpoint when you run the same command again.")
@@ -263,10 +265,26 @@ def run(
     for arm in summary.unsearched_arms:
         console.print(f"  not trained: {arm} — no search trial of this arm completed (see `status`).")
     console.print(f"storage: {where} — see `mmvit-study status {name}`")
+    if summary.report:
+        console.print(f"report: {summary.report}", highlight=False)
     if summary.interrupted:
         console.print(f"Interrupted: {summary.interrupted} trial(s) stopped; they resume from their last "
                       "epoch checkpoint when you run the same command again.")
         raise typer.Exit(130)
+
+
+@app.command("report")
+def report(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL (default: SQLite in studies/<study>/).")] = None,
+    studies_dir: Annotated[Path, typer.Option(help="Where studies/<study>/ lives.")] = Path("studies"),
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: reports/<study>).")] = None,
+) -> None:
+    """Write the HTML report and table exports of a study, from its Optuna storage only."""
+    from mmvit.report.cli import report_command
+
+    index = report_command(study, storage, studies_dir, out)
+    console.print(f"report: {index}  (tables in {index.parent / 'tables'})", highlight=False)
 
 
 @app.command("status")

@@ -35,7 +35,7 @@ def two_logical_gpus():
 def test_fractional_gpu_trials_share_the_gpus_ray_assigns(two_logical_gpus, tmp_path, demo_root):
     path = tmp_path / "gpus.yaml"
     path.write_text(GPU_SPEC)
-    summary = run_study(path, studies_dir=tmp_path / "studies", data=str(demo_root), profile="full")
+    summary = run_study(path, studies_dir=tmp_path / "studies", data=str(demo_root), profile="full", reports_dir=None)
     assert summary.failed == [] and summary.ran == 4
     trials = optuna.load_study(study_name="gpus", storage=open_storage(storage_url("gpus", tmp_path / "studies"))
                                ).get_trials(states=(TrialState.COMPLETE,))
@@ -52,4 +52,4 @@ def test_a_request_the_cluster_cannot_meet_is_refused_before_it_starts(two_logic
     path = tmp_path / "big.yaml"
     path.write_text(GPU_SPEC.replace("gpu: 0.5", "gpu: 3").replace("study: gpus", "study: big"))
     with pytest.raises(StudyError, match=r"asks for 3 GPU \(resources.gpu\), but no node .* \(2 GPU in all\)"):
-        run_study(path, studies_dir=tmp_path / "studies", profile="quick")
+        run_study(path, studies_dir=tmp_path / "studies", profile="quick", reports_dir=None)

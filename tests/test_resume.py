@@ -54,7 +54,7 @@ def _start(tmp_path: Path, name: str, demo_root: Path) -> subprocess.Popen:
     command = [str(Path(sys.executable).parent / "mmvit-study"), "run", str(path), "--data", str(demo_root),
                "--profile", "full", "--studies-dir", str(tmp_path / "studies")]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env={**os.environ, "COLUMNS": "200"})
+                            start_new_session=True, cwd=tmp_path, env={**os.environ, "COLUMNS": "200"})
 
 
 def _trials(tmp_path: Path, name: str):

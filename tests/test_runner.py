@@ -42,7 +42,7 @@ def _study(tmp_path, name="grid"):
 def test_grid_runs_every_arm_and_seed_once_and_resumes(ray_session, tmp_path, demo_root):
     path = tmp_path / "grid.yaml"
     path.write_text(SPEC)
-    kwargs = dict(studies_dir=tmp_path / "studies", data=str(demo_root), profile="quick")
+    kwargs = dict(studies_dir=tmp_path / "studies", data=str(demo_root), profile="quick", reports_dir=tmp_path / "reports")
     first = run_study(path, **kwargs)
     assert (first.planned, first.already_done, first.ran, first.failed) == (4, 0, 4, [])
     trials = _study(tmp_path).get_trials()
@@ -55,6 +55,11 @@ def test_grid_runs_every_arm_and_seed_once_and_resumes(ray_session, tmp_path, de
         assert key in attrs, key
     assert attrs["config"]["train"]["epochs"] == 2 and attrs["config"]["model"]["embed_dim"] == 64  # quick
     assert len(attrs["history"]) == 2 and trials[0].value == attrs["validation"]["ap_macro"]
+
+    page = first.report.read_text()
+    assert first.report == tmp_path / "reports" / "grid" / "index.html"
+    assert "model.fusion=early" in page and "model.fusion=sct" in page
+    assert (first.report.parent / "tables").is_dir()
 
     again = run_study(path, **kwargs)
     assert (again.already_done, again.ran) == (4, 0), "finished trials never run twice"
@@ -71,7 +76,7 @@ def test_grid_runs_every_arm_and_seed_once_and_resumes(ray_session, tmp_path, de
 def test_interrupted_trial_resumes_from_its_checkpoint(ray_session, tmp_path, demo_root):
     path = tmp_path / "grid.yaml"
     path.write_text(SPEC.replace("seeds: [0, 1]", "seeds: [0]").replace("study: grid", "study: killed"))
-    kwargs = dict(studies_dir=tmp_path / "studies", data=str(demo_root), profile="quick")
+    kwargs = dict(studies_dir=tmp_path / "studies", data=str(demo_root), profile="quick", reports_dir=tmp_path / "reports")
     spec = load_spec(path)
     # What a killed driver leaves behind: a RUNNING trial and an epoch-1 checkpoint of its config.
     from mmvit.study.storage import ensure_study
@@ -108,7 +113,8 @@ def test_status_shows_the_grid(ray_session, tmp_path, demo_root):
     path = tmp_path / "grid.yaml"
     path.write_text(SPEC.replace("study: grid", "study: shown").replace("seeds: [0, 1]", "seeds: [3]"))
     result = CliRunner().invoke(app, ["run", str(path), "--data", str(demo_root), "--profile", "quick",
-                                      "--studies-dir", str(tmp_path / "studies")])
+                                      "--studies-dir", str(tmp_path / "studies"),
+                                      "--reports-dir", str(tmp_path / "reports")])
     assert result.exit_code == 0, result.output
     assert "2 trial(s) planned: 0 already done, 2 run now, 0 failed" in result.output
     shown = CliRunner().invoke(app, ["status", "shown", "--studies-dir", str(tmp_path / "studies")],
@@ -116,6 +122,12 @@ def test_status_shows_the_grid(ray_session, tmp_path, demo_root):
     assert shown.exit_code == 0 and shown.output.count("COMPLETE") == 2
     missing = CliRunner().invoke(app, ["status", "nothing", "--studies-dir", str(tmp_path / "studies")])
     assert missing.exit_code == 1 and "No study 'nothing'" in missing.output
+    assert (tmp_path / "reports" / "shown" / "index.html").is_file(), "run writes the report"
+    report = CliRunner().invoke(app, ["report", "shown", "--studies-dir", str(tmp_path / "studies"),
+                                      "--out", str(tmp_path / "again")])
+    assert report.exit_code == 0 and (tmp_path / "again" / "tables").is_dir(), report.output
+    absent = CliRunner().invoke(app, ["report", "nothing", "--studies-dir", str(tmp_path / "studies")])
+    assert absent.exit_code == 1 and "No study 'nothing'" in absent.output and "Traceback" not in absent.output
 
 
 SEARCH_SPEC = """\
@@ -147,7 +159,7 @@ def test_search_prunes_with_asha_per_arm_and_trains_each_arms_best(ray_session, 
     early = optuna.create_study(storage=storage, study_name="tuned/search/model.fusion=early", direction="maximize")
     early.add_trial(create_trial(params={"train.lr": 1e-3}, distributions={"train.lr": FloatDistribution(1e-4, 1e-2, log=True)},
                                  value=0.99, intermediate_values={1: 0.99, 2: 0.99}))
-    summary = run_study(path, studies_dir=tmp_path / "studies", data=str(demo_root), profile="quick")
+    summary = run_study(path, studies_dir=tmp_path / "studies", data=str(demo_root), profile="quick", reports_dir=None)
     assert summary.search_trials == 2 + 3 and summary.failed == []
 
     new_early = early.get_trials()[1:]
@@ -169,7 +181,7 @@ def test_search_prunes_with_asha_per_arm_and_trains_each_arms_best(ray_session, 
     assert attrs["search_studies"] == ["tuned/search/model.fusion=early", "tuned/search/model.fusion=sct"]
     assert [a["baseline"] for a in attrs["arms"]] == [False, True], "the default fusion is sct"
 
-    again = run_study(path, studies_dir=tmp_path / "studies", data=str(demo_root), profile="quick")
+    again = run_study(path, studies_dir=tmp_path / "studies", data=str(demo_root), profile="quick", reports_dir=None)
     assert (again.search_trials, again.ran) == (0, 0), "a finished search is not searched again"
 
 
@@ -184,7 +196,7 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(ray_session, tmp_path
     path = tmp_path / "fail.yaml"
     path.write_text("study: fail\nablate:\n  data.modalities: [s2, s1]\nbase:\n  model: {fusion: vit, patch_size: 30, "
                     "depth: 1}\nresources: {cpu: 1}\n")
-    kwargs = dict(studies_dir=tmp_path / "studies", data=str(root), profile="quick")
+    kwargs = dict(studies_dir=tmp_path / "studies", data=str(root), profile="quick", reports_dir=None)
     summary = run_study(path, **kwargs)
     assert summary.ran == 2 and len(summary.failed) == 1
     assert summary.failed[0].startswith("data.modalities=s1 seed 0:") and s1_file.name in summary.failed[0]

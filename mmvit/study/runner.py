@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -45,6 +45,7 @@ class RunSummary:
     interrupted: int = 0
     search_trials: int = 0
     unsearched_arms: tuple[str, ...] = ()
+    report: Path | None = None
 
 
 def resolve_data(data: str | None, spec: StudySpec, profile: str | None) -> tuple[str | None, str, str]:
@@ -216,8 +217,10 @@ def run_search(job: StudyJob, studies_dir: Path, retry_failed: bool, verbose: bo
 
 def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str | None = None,
               data: str | None = None, profile: str | None = None, address: str | None = None,
-              retry_failed: bool = False, verbose: bool = False, console=None) -> RunSummary:
-    """Run what the study still needs; ``console`` (a rich Console) shows the live view."""
+              retry_failed: bool = False, verbose: bool = False, console=None,
+              reports_dir: Path | None = Path("reports")) -> RunSummary:
+    """Run what the study still needs; ``console`` (a rich Console) shows the live view; the
+    report in ``reports_dir/<study>/`` is refreshed as trials finish (None: no report)."""
     started = time.time()
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
     spec = load_spec(path)
@@ -230,7 +233,10 @@ def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str |
     job = StudyJob(spec, url, profile, data_root, (studies_dir / spec.study / "checkpoints").resolve(), spec.arms)
     record_identity(study, job)
     planned = len(job.arms) * len(spec.seeds)
-    with ray_session(address, verbose), _live_view(job, console):
+    from mmvit.study.live_report import LiveReport
+
+    live_report = LiveReport(url, spec.study, reports_dir / spec.study) if reports_dir else None
+    with ray_session(address, verbose), _live_view(job, console), live_report or nullcontext():
         check_resources(spec)
         searched = run_search(job, studies_dir, retry_failed, verbose) if spec.search else 0
         params, unsearched = {}, []
@@ -252,7 +258,7 @@ def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str |
     interrupted = mark_interrupted(study)
     failed = failures(study)
     return RunSummary(planned, done, len(todo) - interrupted, failed, time.time() - started, interrupted,
-                      searched, tuple(unsearched))
+                      searched, tuple(unsearched), live_report.index if live_report else None)
 
 
 def concurrency(spec: StudySpec) -> int:
