@@ -101,9 +101,10 @@ def header_html(record: StudyRecord, view: Overview) -> str:
     out = [f"<h1>Study {e(record.name)}</h1>"]
     if record.description:
         out.append(f'<p class="description">{e(record.description)}</p>')
-    if record.profile == "quick":
-        out.append('<div class="banner quick" id="quick-banner">Quick profile: numbers from the quick profile are '
-                   "not thesis-scale (short training at reduced width, for checking the pipeline).</div>")
+    if record.profile in ("quick", "smoke"):
+        out.append(f'<div class="banner quick" id="quick-banner">{e(record.profile.capitalize())} profile: numbers '
+                   f"from the {e(record.profile)} profile are not thesis-scale (short training at reduced width, "
+                   "for checking the pipeline).</div>")
     if record.baseline_assumed and record.baseline is not None:
         out.append(f'<div class="banner warn" id="baseline-note">No arm equals the study&#x27;s <code>base</code>; '
                    f"Δ and the paired tests use the first arm, {e(record.baseline.name)}, as the baseline.</div>")

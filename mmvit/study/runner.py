@@ -30,7 +30,7 @@ from mmvit.study.arms import Arm
 from mmvit.study.search import INTERRUPTED, best_params, prepare_arm_search, search_study_name
 from mmvit.study.spec import StudySpec, load_spec
 from mmvit.study.storage import ensure_study, open_storage, redact, storage_url
-from mmvit.study.trial import QUICK_PROFILE, StudyJob, config_key, run_trial  # noqa: F401 (re-exported)
+from mmvit.study.trial import PROFILES, QUICK_PROFILE, StudyJob, config_key, profile_plan, run_trial  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,8 @@ class RunSummary:
 def resolve_data(data: str | None, spec: StudySpec, profile: str | None) -> tuple[str | None, str, str]:
     """(data root for the trials, archive identity, profile). ``--data`` > ``$MMVIT_DATA`` >
     ``data.root`` in the study file > the demo archive (quick profile unless told otherwise)."""
+    if profile is not None and profile not in PROFILES:
+        raise SpecError(f"--profile must be one of {', '.join(PROFILES)}, but got {profile!r}.")
     data = data or os.environ.get("MMVIT_DATA") or spec.base.get("data", {}).get("root")
     if data is None:
         from mmvit.data.demo import ensure_demo_archive
@@ -64,8 +66,6 @@ def resolve_data(data: str | None, spec: StudySpec, profile: str | None) -> tupl
 
     archive = str(Path(open_archive(data).root).resolve())  # Ray trials run in another folder
     profile = profile or "full"
-    if profile not in ("quick", "full"):
-        raise SpecError(f"--profile must be quick or full, but got {profile!r}.")
     return archive, archive, profile
 
 
@@ -195,8 +195,9 @@ def run_search(job: StudyJob, studies_dir: Path, retry_failed: bool, verbose: bo
         study.set_user_attr("arm_index", index)
         done = prepare_arm_search(study, retry_failed)
         stored[index], studies[index] = len(study.trials), study
-        if spec.search.trials_per_arm > done:
-            budgets[index] = spec.search.trials_per_arm - done
+        per_arm = profile_plan(spec, job.profile)[1]
+        if per_arm > done:
+            budgets[index] = per_arm - done
     total = sum(budgets.values())
     if not total:
         return 0
@@ -232,7 +233,8 @@ def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str |
         log.warning("The study grows by %s.", ", ".join(additions))
     job = StudyJob(spec, url, profile, data_root, (studies_dir / spec.study / "checkpoints").resolve(), spec.arms)
     record_identity(study, job)
-    planned = len(job.arms) * len(spec.seeds)
+    seeds = profile_plan(spec, profile)[0]
+    planned = len(job.arms) * len(seeds)
     from mmvit.study.live_report import LiveReport
 
     live_report = LiveReport(url, spec.study, reports_dir / spec.study) if reports_dir else None
@@ -248,7 +250,7 @@ def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str |
                     unsearched.append(arm.name)
                 else:
                     params[index] = found
-        todo, done = remaining_points(study, job.arms, spec.seeds, retry_failed=retry_failed)
+        todo, done = remaining_points(study, job.arms, seeds, retry_failed=retry_failed)
         todo = [(i, seed) for i, seed in todo if not spec.search or i in params]
         if todo:
             points = [{"arm": i, "seed": seed, "params": params.get(i), "search": None} for i, seed in todo]

@@ -36,19 +36,34 @@ QUICK_PROFILE: dict[str, Any] = {
 }
 """What the quick profile shrinks (budgets and width) — never a key a study ablates or searches."""
 
+SMOKE_PROFILE: dict[str, Any] = {**QUICK_PROFILE, "train.epochs": 1, "data.max_train_patches": 128}
+"""The smoke profile checks a study file end to end in minutes: one epoch on 128 patches, the
+first seed only, at most :data:`SMOKE_SEARCH_TRIALS` search trials per arm."""
+
+SMOKE_SEARCH_TRIALS = 2
+PROFILES: dict[str, dict[str, Any]] = {"full": {}, "quick": QUICK_PROFILE, "smoke": SMOKE_PROFILE}
+
 PROFILE_GROUPS = (("model.embed_dim", "model.num_heads"),)
 """Keys the profile changes together or not at all (``embed_dim % num_heads == 0``)."""
 
 
 def profile_overrides(spec: StudySpec, profile: str) -> dict[str, Any]:
-    """The quick profile minus every key the study varies (and its group)."""
-    if profile != "quick":
+    """The profile's budgets minus every key the study varies (and its group)."""
+    if not PROFILES[profile]:
         return {}
     varied = ablated_keys(spec.ablate) | set(spec.search.params if spec.search else ())
     for group in PROFILE_GROUPS:
         if varied & set(group):
             varied |= set(group)
-    return {key: value for key, value in QUICK_PROFILE.items() if key not in varied}
+    return {key: value for key, value in PROFILES[profile].items() if key not in varied}
+
+
+def profile_plan(spec: StudySpec, profile: str) -> tuple[list[int], int]:
+    """(seeds, search trials per arm) a profile runs: the smoke profile cuts both."""
+    trials = spec.search.trials_per_arm if spec.search else 0
+    if profile == "smoke":
+        return spec.seeds[:1], min(trials, SMOKE_SEARCH_TRIALS)
+    return list(spec.seeds), trials
 
 
 @dataclass
