@@ -242,6 +242,9 @@ def run(
     verbose: Annotated[bool, typer.Option(help="Show Ray's logs.")] = False,
 ) -> None:
     """Run (or resume) a study: every arm × seed, recorded in Optuna storage."""
+    from mmvit.study.cluster import use_cluster_token
+
+    use_cluster_token(address)  # before Ray is imported: it reads its auth mode once
     from mmvit.study.runner import run_study
     from mmvit.study.spec import load_spec
     from mmvit.study.storage import redact, storage_url

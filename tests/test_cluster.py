@@ -53,3 +53,28 @@ def test_a_request_the_cluster_cannot_meet_is_refused_before_it_starts(two_logic
     path.write_text(GPU_SPEC.replace("gpu: 0.5", "gpu: 3").replace("study: gpus", "study: big"))
     with pytest.raises(StudyError, match=r"asks for 3 GPU \(resources.gpu\), but no node .* \(2 GPU in all\)"):
         run_study(path, studies_dir=tmp_path / "studies", profile="quick", reports_dir=None)
+
+
+@pytest.mark.parametrize("address, env, token_file, expected", [
+    ("10.0.0.1:6379", {}, True, "token"),          # the head's token copied here: send it
+    ("10.0.0.1:6379", {"RAY_AUTH_TOKEN": "t"}, False, "token"),
+    ("10.0.0.1:6379", {}, False, None),            # nothing to send: leave Ray's default
+    ("10.0.0.1:6379", {"RAY_AUTH_MODE": "disabled"}, True, "disabled"),  # the user's choice wins
+    ("auto", {}, True, None),                      # auto finds the local cluster's token itself
+    (None, {}, True, None),
+])
+def test_an_explicit_address_sends_the_cluster_token(monkeypatch, tmp_path, address, env, token_file, expected):
+    from mmvit.study.cluster import use_cluster_token
+
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    if token_file:
+        (tmp_path / ".ray").mkdir()
+        (tmp_path / ".ray" / "auth_token").write_text("secret")
+    use_cluster_token(address)
+    import os
+
+    assert os.environ.get("RAY_AUTH_MODE") == expected

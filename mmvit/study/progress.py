@@ -67,13 +67,12 @@ def snapshot(url: str, study_name: str, seeds: int, better) -> Snapshot:
 
 
 def render(snap: Snapshot, title: str, started: float, concurrency: int, search_budget: int) -> Group:
-    table = Table("arm", "final (done/running/failed)", "search (done/pruned/running/failed)", "best val",
-                  title=title, title_justify="left", expand=False)
+    columns = ["arm", "final done/run/fail", *(["search done/pruned/run/fail"] if search_budget else []), "best val"]
+    table = Table(*columns, title=title, title_justify="left", expand=False)
     for arm in snap.arms:
-        search = (f"{arm.search['COMPLETE']}/{arm.search['PRUNED']}/{arm.search['RUNNING']}/{arm.search['FAIL']}"
-                  if search_budget else "—")
-        table.add_row(arm.name, f"{arm.final['COMPLETE']}/{arm.final['RUNNING']}/{arm.final['FAIL']}", search,
-                      "—" if arm.best is None else f"{arm.best:.4f}")
+        search = [f"{arm.search['COMPLETE']}/{arm.search['PRUNED']}/{arm.search['RUNNING']}/{arm.search['FAIL']}"]
+        table.add_row(arm.name, f"{arm.final['COMPLETE']}/{arm.final['RUNNING']}/{arm.final['FAIL']}",
+                      *(search if search_budget else []), "—" if arm.best is None else f"{arm.best:.4f}")
     elapsed = time.time() - started
     left = snap.planned - snap.complete + sum(max(0, search_budget - a.search["COMPLETE"] - a.search["PRUNED"])
                                               for a in snap.arms)

@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 
 from mmvit.errors import SpecError, StudyError
 from mmvit.study.arms import Arm
+from mmvit.study.cluster import use_cluster_token
 from mmvit.study.search import INTERRUPTED, best_params, prepare_arm_search, search_study_name
 from mmvit.study.spec import StudySpec, load_spec
 from mmvit.study.storage import ensure_study, open_storage, redact, storage_url
@@ -139,9 +140,17 @@ def ray_session(address: str | None, verbose: bool) -> Iterator[None]:
         logging.getLogger("ray").setLevel(logging.CRITICAL)
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
-                 logging_level=logging.INFO if verbose else logging.ERROR,
-                 object_store_memory=None if address else 100 * 2**20)
+        use_cluster_token(address)
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
+                     logging_level=logging.INFO if verbose else logging.ERROR,
+                     object_store_memory=None if address else 100 * 2**20)
+        except (ConnectionError, RuntimeError) as error:
+            raise StudyError(
+                f"Cannot join the Ray cluster at {address} ({type(error).__name__}: {str(error).splitlines()[0]}). "
+                "Start one with `ray start --head` and pass the address it prints (or `--address auto` on a "
+                "node of the cluster); a cluster with token authentication needs its token on this machine "
+                "(~/.ray/auth_token from the head, or $RAY_AUTH_TOKEN).") from None
     try:
         yield
     finally:
