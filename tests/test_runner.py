@@ -105,7 +105,8 @@ def test_interrupted_trial_resumes_from_its_checkpoint(ray_session, tmp_path, de
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 2 and len({t.user_attrs["config_key"] for t in complete}) == 2
     resumed = next(t for t in complete if t.user_attrs["arm"] == "model.fusion=sct")
-    assert [h["epoch"] for h in resumed.user_attrs["history"]] == [2], "resumed after the epoch-1 checkpoint"
+    assert resumed.user_attrs["resumed_from_epoch"] == 1, "resumed after the epoch-1 checkpoint"
+    assert [h["epoch"] for h in resumed.user_attrs["history"]] == [1, 2], "with the epoch before the stop"
     assert resumed.user_attrs["epochs_run"] == 2
 
 

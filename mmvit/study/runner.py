@@ -141,10 +141,12 @@ def ray_session(address: str | None, verbose: bool) -> Iterator[None]:
     started = not ray.is_initialized()
     if started:
         use_cluster_token(address)
+        # Without --address (or $RAY_ADDRESS) a private local Ray, even if `ray start` runs here.
+        address = address or os.environ.get("RAY_ADDRESS") or "local"
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
                      logging_level=logging.INFO if verbose else logging.ERROR,
-                     object_store_memory=None if address else 100 * 2**20)
+                     object_store_memory=100 * 2**20 if address == "local" else None)
         except (ConnectionError, RuntimeError) as error:
             raise StudyError(
                 f"Cannot join the Ray cluster at {address} ({type(error).__name__}: {str(error).splitlines()[0]}). "

@@ -7,6 +7,7 @@ cluster) otherwise. Credentials in a URL are never printed: :func:`redact`.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -40,8 +41,20 @@ def redact(url: str) -> str:
         return "<unparsable storage URL>"
 
 
+_OPEN: dict[tuple[int, str], optuna.storages.RDBStorage] = {}
+
+
 def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """An RDBStorage instance (Ray's OptunaSearch rejects the URL string form)."""
+    """An RDBStorage instance (Ray's OptunaSearch rejects the URL string form), one per URL and
+    process: the progress view, the live report and every trial of a reused worker share one
+    connection pool instead of opening a pool each (PostgreSQL's connection limit)."""
+    key = (os.getpid(), url)
+    if key not in _OPEN:
+        _OPEN[key] = _connect(url)
+    return _OPEN[key]
+
+
+def _connect(url: str) -> optuna.storages.RDBStorage:
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine)

@@ -94,6 +94,27 @@ def _scalars(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k != "ap_per_class"}
 
 
+def _rss_mb() -> float | None:
+    """Resident memory of this worker now: trials share reused workers, so growth shows a leak."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        return None
+
+
+def release_memory() -> None:
+    """Ray reuses a worker for many trials: collect the last trial's cycles and hand glibc's
+    freed arenas back to the system, so a long study's workers do not grow trial by trial."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def _finite(values: list[float]) -> list[float | None]:
     """JSON has no NaN: a class without positives in a split has AP null."""
     return [None if v is None or math.isnan(v) else float(v) for v in values]
@@ -148,9 +169,19 @@ def run_trial(config: dict[str, Any], job: StudyJob) -> None:
     history: list[dict] = []
     metric = job.spec.metric
 
+    def entry(record) -> dict:
+        return {"epoch": record.epoch, "train_loss": record.train_loss, "seconds": record.seconds,
+                **_scalars(record.validation)}
+
+    def on_resume(records) -> None:
+        # The checkpoint may be an epoch ahead of storage (killed between the two writes):
+        # its history is the truth, so no epoch's metrics are lost.
+        history[:] = [entry(r) for r in records]
+        storage.set_trial_user_attr(trial_id, "resumed_from_epoch", len(records))
+        storage.set_trial_user_attr(trial_id, "history", history)
+
     def on_epoch(record, checkpoint_path) -> None:
-        history.append({"epoch": record.epoch, "train_loss": record.train_loss, "seconds": record.seconds,
-                        **_scalars(record.validation)})
+        history.append(entry(record))
         value = record.validation[metric]
         if study is not None:  # a search trial's intermediate values are reported by the driver
             storage.set_trial_intermediate_value(trial_id, record.epoch, value)
@@ -158,19 +189,24 @@ def run_trial(config: dict[str, Any], job: StudyJob) -> None:
         tune.report({metric: value, "epoch": record.epoch})
 
     try:
-        result = train_trial(config, checkpoint_dir=job.checkpoints / config_key(config), on_epoch=on_epoch)
+        result = train_trial(config, checkpoint_dir=job.checkpoints / config_key(config), on_epoch=on_epoch,
+                             on_resume=on_resume)
     except Exception as error:
         storage.set_trial_user_attr(trial_id, "error", f"{type(error).__name__}: {error}")
         if study is not None:
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
         raise
+    finally:
+        release_memory()
     for key, value in {
+        "history": [entry(r) for r in result.history],
         "validation": _scalars(result.validation), "test": _scalars(result.test),
         "ap_per_class_validation": _finite(result.validation["ap_per_class"]),
         "ap_per_class_test": _finite(result.test["ap_per_class"]), "best_epoch": result.best_epoch,
         "parameters": result.parameters, "samples_per_s": result.samples_per_s,
         "peak_memory_mb": result.peak_memory_mb, "wall_s": result.wall_s,
         "epochs_run": result.epochs_run, "device": result.device, "class_counts": result.class_counts,
+        "worker_rss_mb": _rss_mb(),
     }.items():
         storage.set_trial_user_attr(trial_id, key, value)
     if study is not None:

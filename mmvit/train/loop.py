@@ -126,6 +126,7 @@ def build_model(config: TrialConfig, in_chans: dict[str, int]) -> nn.Module:
 
 def train_trial(config: TrialConfig, *, checkpoint_dir: Path | None = None,
                 on_epoch: EpochCallback | None = None, data: TrialData | None = None,
+                on_resume: Callable[[list[EpochRecord]], None] | None = None,
                 workers: int | None = None, progress: bool = False) -> TrialResult:
     """Train ``config`` to the end (resuming from ``checkpoint_dir/last.pt`` if present)."""
     started = time.time()
@@ -155,6 +156,8 @@ def train_trial(config: TrialConfig, *, checkpoint_dir: Path | None = None,
             history = [EpochRecord(**record) for record in state["history"]]
             best_value, best_epoch = state["best_value"], state["best_epoch"]
             first_epoch = state["epoch"] + 1
+            if on_resume is not None:
+                on_resume(history)
 
     eval_batch = config.train.eval_batch_size or 2 * config.train.batch_size
     pin = device.type == "cuda"
