@@ -262,6 +262,7 @@ def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str |
                 else:
                     params[index] = found
         todo, done = remaining_points(study, job.arms, seeds, retry_failed=retry_failed)
+        known = len(study.get_trials(deepcopy=False))
         todo = [(i, seed) for i, seed in todo if not spec.search or i in params]
         if todo:
             points = [{"arm": i, "seed": seed, "params": params.get(i), "search": None} for i, seed in todo]
@@ -269,8 +270,11 @@ def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str |
 
             _tuner(job, studies_dir, "final", verbose, param_space={"point": tune.grid_search(points)}).fit()
     interrupted = mark_interrupted(study)
+    ran = sum(1 for t in study.get_trials(deepcopy=False)[known:]
+              if t.state in (TrialState.COMPLETE, TrialState.FAIL)
+              and not str(t.user_attrs.get("error", "")).startswith(INTERRUPTED))
     failed = failures(study)
-    return RunSummary(planned, done, len(todo) - interrupted, failed, time.time() - started, interrupted,
+    return RunSummary(planned, done, ran, failed, time.time() - started, interrupted,
                       searched, tuple(unsearched), live_report.index if live_report else None)
 
 
