@@ -25,6 +25,10 @@ resources: {cpu: 1}
 """
 
 
+GRID = SPEC.replace("  model.fusion: [early, sct]\n", "  model.fusion: [early, sct]\n  model.patch_size: [30, 40]\n") \
+    .replace("model: {patch_size: 30, depth: 1}", "model: {depth: 1}")
+
+
 @pytest.fixture(scope="module")
 def ray_session():
     import ray
@@ -41,36 +45,50 @@ def _study(tmp_path, name="grid"):
 
 def test_grid_runs_every_arm_and_seed_once_and_resumes(ray_session, tmp_path, demo_root):
     path = tmp_path / "grid.yaml"
-    path.write_text(SPEC)
+    path.write_text(GRID)
     kwargs = dict(studies_dir=tmp_path / "studies", data=str(demo_root), profile="quick", reports_dir=tmp_path / "reports")
     first = run_study(path, **kwargs)
-    assert (first.planned, first.already_done, first.ran, first.failed) == (4, 0, 4, [])
+    assert (first.planned, first.already_done, first.ran, first.failed) == (8, 0, 8, [])
     trials = _study(tmp_path).get_trials()
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
-    assert sorted((t.user_attrs["arm"], t.user_attrs["seed"]) for t in trials) == [
-        ("model.fusion=early", 0), ("model.fusion=early", 1), ("model.fusion=sct", 0), ("model.fusion=sct", 1)]
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 8
+    assert sorted((t.user_attrs["arm"], t.user_attrs["seed"]) for t in trials) == sorted(
+        (f"model.fusion={f}, model.patch_size={p}", s) for f in ("early", "sct") for p in (30, 40) for s in (0, 1))
+    assert len({t.user_attrs["config_key"] for t in trials}) == 8, "no configuration twice"
     attrs = trials[0].user_attrs
     for key in ("config", "history", "validation", "test", "ap_per_class_test", "parameters",
                 "samples_per_s", "peak_memory_mb", "wall_s", "epochs_run", "best_epoch"):
         assert key in attrs, key
     assert attrs["config"]["train"]["epochs"] == 2 and attrs["config"]["model"]["embed_dim"] == 64  # quick
     assert len(attrs["history"]) == 2 and trials[0].value == attrs["validation"]["ap_macro"]
+    assert {t.user_attrs["config"]["model"]["patch_size"] for t in trials} == {30, 40}, "the profile never touches an axis"
 
     page = first.report.read_text()
     assert first.report == tmp_path / "reports" / "grid" / "index.html"
-    assert "model.fusion=early" in page and "model.fusion=sct" in page
+    assert "model.fusion=early, model.patch_size=30" in page and "model.fusion=sct, model.patch_size=40" in page
     assert (first.report.parent / "tables").is_dir()
 
     again = run_study(path, **kwargs)
-    assert (again.already_done, again.ran) == (4, 0), "finished trials never run twice"
+    assert (again.already_done, again.ran) == (8, 0), "finished trials never run twice"
 
-    path.write_text(SPEC.replace("seeds: [0, 1]", "seeds: [0, 1, 2]"))
+    path.write_text(GRID.replace("seeds: [0, 1]", "seeds: [0, 1, 2]"))
     grown = run_study(path, **kwargs)
-    assert (grown.planned, grown.already_done, grown.ran) == (6, 4, 2)
+    assert (grown.planned, grown.already_done, grown.ran) == (12, 8, 4)
 
-    path.write_text(SPEC.replace("depth: 1", "depth: 2"))
+    path.write_text(GRID.replace("depth: 1", "depth: 2"))
     with pytest.raises(StudyError, match="base.model.depth: 1 → 2"):
         run_study(path, **kwargs)
+
+
+def test_mmvit_data_names_the_archive(monkeypatch, tmp_path, demo_root):
+    from mmvit.study.runner import resolve_data
+
+    spec = parse_spec("study: d\n")
+    monkeypatch.setenv("MMVIT_DATA", str(demo_root))
+    assert resolve_data(None, spec, None) == (str(demo_root.resolve()), str(demo_root.resolve()), "full")
+    monkeypatch.setenv("MMVIT_DATA", str(tmp_path / "nowhere"))
+    with pytest.raises(Exception, match="does not exist"):
+        resolve_data(None, spec, None)
+    assert resolve_data(str(demo_root), spec, "quick")[2] == "quick", "--data wins over $MMVIT_DATA"
 
 
 def test_interrupted_trial_resumes_from_its_checkpoint(ray_session, tmp_path, demo_root):
