@@ -23,7 +23,7 @@ from tests.pg_server import PASSWORD, postgres_url  # noqa: F401 (the fixture)
 from tests.test_resume import _descendants
 
 NAME = "pg-killed"
-EPOCHS = 12  # train.epochs in SPEC
+EPOCHS = 30  # train.epochs in SPEC: long enough to be killed mid-trial on a fast machine
 ARMS = ("model.fusion=early", "model.fusion=sct", "model.fusion=modality_token")
 SPEC = """\
 study: pg-killed
@@ -32,7 +32,7 @@ ablate:
 seeds: [0]
 base:
   model: {patch_size: 30, depth: 1, embed_dim: 32, num_heads: 2}
-  train: {epochs: 12, batch_size: 32}
+  train: {epochs: 30, batch_size: 32}
   data: {num_workers: 0}
 resources: {cpu: 1}
 max_concurrent: 2
@@ -69,7 +69,7 @@ def _wait_mid_study(storage, process: subprocess.Popen, timeout: float = 180) ->
         assert process.poll() is None, process.stdout.read()
         trials = _trials(storage)
         if any(t.state == TrialState.COMPLETE for t in trials) and any(
-                t.state == TrialState.RUNNING and 1 <= len(t.user_attrs.get("history", [])) <= EPOCHS // 2
+                t.state == TrialState.RUNNING and 1 <= len(t.user_attrs.get("history", [])) <= EPOCHS - 5
                 for t in trials):
             return
         time.sleep(0.3)
