@@ -41,3 +41,14 @@ def v2_root(tmp_path_factory, demo_root) -> Path:
 
     snowy = {open_archive(demo_root).patches("train")[0].patch}
     return write_v2_fixture(demo_root, tmp_path_factory.mktemp("v2") / "reben", snowy=snowy)
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """A private local Ray of 2 CPUs for one test module (a study's trials run in it)."""
+    import ray
+
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, num_cpus=2,
+             object_store_memory=100 * 2**20, logging_level="ERROR")
+    yield
+    ray.shutdown()

@@ -20,16 +20,6 @@ from mmvit.study.storage import open_storage, storage_url
 FILES = sorted(Path(__file__).parent.parent.joinpath("search_spaces").glob("*.yaml"))
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    ray.init(include_dashboard=False, log_to_driver=False, num_cpus=2, object_store_memory=100 * 2**20,
-             logging_level="ERROR")
-    yield
-    ray.shutdown()
-
-
 def test_the_library_has_one_file_per_thesis_table():
     names = {path.stem for path in FILES}
     assert {"modality_baselines", "fusion_methods", "rgb_sar", "patch_size", "depth", "stochastic_depth",

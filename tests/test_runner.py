@@ -29,16 +29,6 @@ GRID = SPEC.replace("  model.fusion: [early, sct]\n", "  model.fusion: [early, s
     .replace("model: {patch_size: 30, depth: 1}", "model: {depth: 1}")
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    ray.init(include_dashboard=False, log_to_driver=False, num_cpus=2, object_store_memory=100 * 2**20,
-             logging_level="ERROR")
-    yield
-    ray.shutdown()
-
-
 def _study(tmp_path, name="grid"):
     return optuna.load_study(study_name=name, storage=open_storage(storage_url(name, tmp_path / "studies")))
 
