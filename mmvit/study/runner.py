@@ -119,6 +119,23 @@ def remaining_points(study: optuna.Study, arms: list[Arm], seeds: list[int], *,
     return todo, len(done)
 
 
+def longest_first(job: StudyJob, todo: list[tuple[int, int]], params: dict) -> list[tuple[int, int]]:
+    """Start the most expensive trials first (parameters × tokens × epochs, from models built on
+    the meta device), so the study does not end with one slot running a long trial alone."""
+    import torch
+
+    from mmvit.data.bands import input_channels
+    from mmvit.train.loop import build_model
+
+    cost: dict[int, float] = {}
+    for index in {i for i, _ in todo}:
+        config = job.resolve(index, job.spec.seeds[0], params.get(index))
+        with torch.device("meta"):
+            model = build_model(config, input_channels(config.data.modalities))
+        cost[index] = sum(p.numel() for p in model.parameters()) * model.num_tokens * config.train.epochs
+    return sorted(todo, key=lambda point: -cost[point[0]])
+
+
 def failures(study: optuna.Study) -> list[str]:
     """``arm seed N: error`` of each final point whose last attempt failed (and none completed)."""
     trials = study.get_trials(deepcopy=False)
@@ -265,6 +282,7 @@ def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str |
         known = len(study.get_trials(deepcopy=False))
         todo = [(i, seed) for i, seed in todo if not spec.search or i in params]
         if todo:
+            todo = longest_first(job, todo, params)
             points = [{"arm": i, "seed": seed, "params": params.get(i), "search": None} for i, seed in todo]
             from ray import tune
 
