@@ -12,6 +12,8 @@ import pytest
 os.environ.setdefault("MMVIT_CACHE_DIR", str(Path(__file__).parent.parent / ".ci-cache" / "cache"))
 os.environ.setdefault("MMVIT_DEMO_DIR", str(Path(__file__).parent.parent / ".ci-cache" / "demo"))
 warnings.filterwarnings("ignore", category=DeprecationWarning, module="bigearthnet_common")
+# Heartbeats every 2 s (stale after 8 s): a resume after a kill takes the dead trials over sooner.
+os.environ.setdefault("MMVIT_HEARTBEAT_S", "2")
 
 DEMO_PATCHES = 40
 

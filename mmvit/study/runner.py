@@ -28,7 +28,8 @@ from optuna.trial import TrialState
 from mmvit.errors import SpecError, StudyError
 from mmvit.study.arms import Arm
 from mmvit.study.cluster import use_cluster_token
-from mmvit.study.search import INTERRUPTED, best_params, prepare_arm_search, search_study_name
+from mmvit.study.claims import HEARTBEAT_S, INTERRUPTED, Heartbeats, fail_stale, live_running, new_driver_id, release_own
+from mmvit.study.search import best_params, prepare_arm_search, search_study_name
 from mmvit.study.spec import StudySpec, load_spec
 from mmvit.study.storage import ensure_study, open_storage, redact, storage_url
 from mmvit.study.trial import PROFILES, QUICK_PROFILE, StudyJob, config_key, profile_plan, run_trial  # noqa: F401
@@ -93,19 +94,11 @@ def record_identity(study: optuna.Study, job: StudyJob) -> None:
         study.set_user_attr("reference", job.spec.reference.model_dump(mode="json"))
 
 
-def mark_interrupted(study: optuna.Study) -> int:
-    """RUNNING trials of a driver that is gone (or that was just stopped) → FAIL, interrupted."""
-    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    for trial in stale:
-        study._storage.set_trial_user_attr(trial._trial_id, "error", f"{INTERRUPTED}: its driver stopped")
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-    return len(stale)
-
-
 def remaining_points(study: optuna.Study, arms: list[Arm], seeds: list[int], *,
-                     retry_failed: bool) -> tuple[list[tuple[int, int]], int]:
-    """Final (arm, seed) points still to run, and how many are COMPLETE already."""
-    mark_interrupted(study)
+                     retry_failed: bool) -> tuple[list[tuple[int, int]], list[tuple[int, int]], int]:
+    """(points to run, points a live trial of another driver runs, points COMPLETE) of the final
+    phase; dead drivers' trials are marked interrupted first."""
+    fail_stale(study)
     done, failed = set(), set()
     for trial in study.get_trials(deepcopy=False):
         point = (trial.user_attrs.get("arm"), trial.user_attrs.get("seed"))
@@ -114,9 +107,16 @@ def remaining_points(study: optuna.Study, arms: list[Arm], seeds: list[int], *,
         elif trial.state == TrialState.FAIL and not retry_failed and \
                 not str(trial.user_attrs.get("error", "")).startswith(INTERRUPTED):
             failed.add(point)
-    todo = [(i, seed) for i, arm in enumerate(arms) for seed in seeds
-            if (arm.name, seed) not in done and (arm.name, seed) not in failed]
-    return todo, len(done)
+    running = {(t.user_attrs.get("arm"), t.user_attrs.get("seed")) for t in live_running(study)}
+    todo, elsewhere = [], []
+    for index, arm in enumerate(arms):
+        for seed in seeds:
+            point = (arm.name, seed)
+            if point in running and point not in done:
+                elsewhere.append((index, seed))
+            elif point not in done and point not in failed:
+                todo.append((index, seed))
+    return todo, elsewhere, len(done)
 
 
 def longest_first(job: StudyJob, todo: list[tuple[int, int]], params: dict) -> list[tuple[int, int]]:
@@ -209,11 +209,13 @@ def _tuner(job: StudyJob, studies_dir: Path, phase: str, verbose: bool, **tune_k
     )
 
 
-def run_search(job: StudyJob, studies_dir: Path, retry_failed: bool, verbose: bool) -> int:
-    """Tune every arm's searched parameters; returns the number of search trials run now."""
+def run_search(job: StudyJob, studies_dir: Path, retry_failed: bool, verbose: bool) -> tuple[int, int]:
+    """Tune every arm's searched parameters, the budget another driver runs left out. Returns
+    (search trials this driver finished, its trials left unfinished: Ctrl-C or a lost worker)."""
     from mmvit.study.search import ArmASHA, ArmSearch
 
     spec, storage = job.spec, open_storage(job.url)
+    per_arm = profile_plan(spec, job.profile)[1]
     budgets, stored, studies = {}, {}, {}
     for index, arm in enumerate(job.arms):
         study = optuna.create_study(storage=storage, study_name=search_study_name(spec, arm.name),
@@ -221,14 +223,13 @@ def run_search(job: StudyJob, studies_dir: Path, retry_failed: bool, verbose: bo
         study.set_user_attr("parent", spec.study)
         study.set_user_attr("arm", arm.name)
         study.set_user_attr("arm_index", index)
-        done = prepare_arm_search(study, retry_failed)
+        used = prepare_arm_search(study, retry_failed)
         stored[index], studies[index] = len(study.trials), study
-        per_arm = profile_plan(spec, job.profile)[1]
-        if per_arm > done:
-            budgets[index] = per_arm - done
+        if per_arm > used:
+            budgets[index] = per_arm - used
     total = sum(budgets.values())
     if not total:
-        return 0
+        return 0, 0
     scheduler = None
     if spec.search.asha is not None:
         epochs = job.resolve(0, spec.seeds[0]).train.epochs
@@ -237,11 +238,35 @@ def run_search(job: StudyJob, studies_dir: Path, retry_failed: bool, verbose: bo
                             max_t=min(asha.max_t or epochs, epochs))
         for index in budgets:
             scheduler.replay(index, studies[index])
-    _tuner(job, studies_dir, "search", verbose, search_alg=ArmSearch(job, budgets, stored), scheduler=scheduler,
-           num_samples=total).fit()
-    for study in studies.values():
-        mark_interrupted(study)
-    return total
+    with Heartbeats(storage) as heartbeats:
+        _tuner(job, studies_dir, "search", verbose, scheduler=scheduler, num_samples=total,
+               search_alg=ArmSearch(job, budgets, stored, heartbeats, per_arm)).fit()
+    released = sum(release_own(study, job.driver) for study in studies.values())
+    return sum(finished_by(study, job.driver) for study in studies.values()), released
+
+
+def finished_by(study: optuna.Study, driver: str) -> int:
+    """Trials ``driver`` ran to an end of their own (COMPLETE, PRUNED, or failed for real)."""
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if t.user_attrs.get("driver") == driver and t.state.is_finished()
+               and not str(t.user_attrs.get("error", "")).startswith(INTERRUPTED))
+
+
+def searched_parameters(job: StudyJob) -> tuple[dict[int, dict], set[int], list[str]]:
+    """(best parameters of each arm whose search is over, arms another driver still searches,
+    names of arms whose search ended without a COMPLETE trial)."""
+    params, busy, unsearched = {}, set(), []
+    for index, arm in enumerate(job.arms):
+        study = optuna.load_study(study_name=search_study_name(job.spec, arm.name), storage=open_storage(job.url))
+        if live_running(study):
+            busy.add(index)
+            continue
+        found = best_params(study)
+        if found is None:
+            unsearched.append(arm.name)
+        else:
+            params[index] = found
+    return params, busy, unsearched
 
 
 def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str | None = None,
@@ -249,7 +274,10 @@ def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str |
               retry_failed: bool = False, verbose: bool = False, console=None,
               reports_dir: Path | None = Path("reports")) -> RunSummary:
     """Run what the study still needs; ``console`` (a rich Console) shows the live view; the
-    report in ``reports_dir/<study>/`` is refreshed as trials finish (None: no report)."""
+    report in ``reports_dir/<study>/`` is refreshed as trials finish (None: no report).
+
+    Another driver may work on the same study: its live trials are left to it, and this driver
+    waits for them (taking a trial over if its driver stops) so it returns with the study done."""
     started = time.time()
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
     spec = load_spec(path)
@@ -259,40 +287,49 @@ def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str |
     study, additions = ensure_study(open_storage(url), spec, source=str(path), archive=archive, profile=profile)
     if additions:
         log.warning("The study grows by %s.", ", ".join(additions))
-    job = StudyJob(spec, url, profile, data_root, (studies_dir / spec.study / "checkpoints").resolve(), spec.arms)
+    job = StudyJob(spec, url, profile, data_root, (studies_dir / spec.study / "checkpoints").resolve(), spec.arms,
+                   driver=new_driver_id())
     record_identity(study, job)
     seeds = profile_plan(spec, profile)[0]
     planned = len(job.arms) * len(seeds)
     from mmvit.study.live_report import LiveReport
 
     live_report = LiveReport(url, spec.study, reports_dir / spec.study) if reports_dir else None
+    searched, released, already_done, unsearched, told_waiting = 0, 0, None, [], False
     with ray_session(address, verbose), _live_view(job, console), live_report or nullcontext():
         check_resources(spec)
-        searched = run_search(job, studies_dir, retry_failed, verbose) if spec.search else 0
-        params, unsearched = {}, []
-        if spec.search:
-            for index, arm in enumerate(job.arms):
-                found = best_params(optuna.load_study(study_name=search_study_name(spec, arm.name),
-                                                      storage=open_storage(url)))
-                if found is None:
-                    unsearched.append(arm.name)
-                else:
-                    params[index] = found
-        todo, done = remaining_points(study, job.arms, seeds, retry_failed=retry_failed)
-        known = len(study.get_trials(deepcopy=False))
-        todo = [(i, seed) for i, seed in todo if not spec.search or i in params]
-        if todo:
-            todo = longest_first(job, todo, params)
-            points = [{"arm": i, "seed": seed, "params": params.get(i), "search": None} for i, seed in todo]
-            from ray import tune
+        while True:
+            params, busy = {}, set()
+            if spec.search:
+                ran_now, released = run_search(job, studies_dir, retry_failed, verbose)
+                searched += ran_now
+                if released:
+                    break
+                params, busy, unsearched = searched_parameters(job)
+            todo, elsewhere, done = remaining_points(study, job.arms, seeds, retry_failed=retry_failed)
+            already_done = done if already_done is None else already_done
+            retry_failed = False  # once per run: a point that fails again is left for the next run
+            todo = [(i, seed) for i, seed in todo if not spec.search or i in params]
+            if todo:
+                todo = longest_first(job, todo, params)
+                points = [{"arm": i, "seed": seed, "params": params.get(i), "search": None} for i, seed in todo]
+                from ray import tune
 
-            _tuner(job, studies_dir, "final", verbose, param_space={"point": tune.grid_search(points)}).fit()
-    interrupted = mark_interrupted(study)
-    ran = sum(1 for t in study.get_trials(deepcopy=False)[known:]
-              if t.state in (TrialState.COMPLETE, TrialState.FAIL)
-              and not str(t.user_attrs.get("error", "")).startswith(INTERRUPTED))
+                _tuner(job, studies_dir, "final", verbose, param_space={"point": tune.grid_search(points)}).fit()
+                released = release_own(study, job.driver)
+                if released:
+                    break
+            elif elsewhere or busy:
+                if not told_waiting:
+                    log.warning("Another driver runs %d trial(s) of this study: waiting for them (their "
+                                "trials are taken over if that driver stops).", len(elsewhere) + len(busy))
+                    told_waiting = True
+                time.sleep(HEARTBEAT_S)
+            else:
+                break
+    ran = finished_by(study, job.driver)
     failed = failures(study)
-    return RunSummary(planned, done, ran, failed, time.time() - started, interrupted,
+    return RunSummary(planned, already_done or 0, ran, failed, time.time() - started, released,
                       searched, tuple(unsearched), live_report.index if live_report else None)
 
 

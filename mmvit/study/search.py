@@ -9,11 +9,13 @@ OptunaSearch records an ASHA-stopped trial as COMPLETE with its truncated value;
 recorded PRUNED, with ``pruned_at_epoch``. A COMPLETE trial's value is its validation metric at
 the best epoch, as for the final trials.
 
-Resume: trials a dead driver left RUNNING are marked FAIL (``interrupted``) and their
-parameters enqueued, so the next ask re-runs exactly that configuration, which finds its epoch
+Resume: trials a dead driver left RUNNING (heartbeat stale, :mod:`mmvit.study.claims`) are
+marked FAIL (``interrupted``) and their parameters enqueued, so the next ask re-runs exactly that configuration, which finds its epoch
 checkpoint; the sampler is reseeded with the number of trials already stored (the same seed
 would repeat TPE's start-up configurations); the ASHA rungs are refilled from the stored
-intermediate values, so cut-offs are those of an uninterrupted run.
+intermediate values, so cut-offs are those of an uninterrupted run. A second driver on the
+same study counts the first one's live trials against each arm's budget, so the two together
+run the budget once.
 """
 
 from __future__ import annotations
@@ -30,12 +32,11 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from mmvit.study.claims import INTERRUPTED, Heartbeats, fail_stale, live_running
 from mmvit.study.spec import SearchParam, StudySpec
 from mmvit.study.trial import StudyJob
 
 log = logging.getLogger(__name__)
-
-INTERRUPTED = "interrupted"
 
 
 def search_study_name(spec: StudySpec, arm_name: str) -> str:
@@ -74,38 +75,42 @@ def counts_as_done(trial: optuna.trial.FrozenTrial, retry_failed: bool) -> bool:
     return False
 
 
-def prepare_arm_search(study: optuna.Study, retry_failed: bool, *, live: set[int] = frozenset()) -> int:
-    """Mark a dead driver's RUNNING trials interrupted and enqueue their parameters again (and
-    those of failed trials with ``retry_failed``). Returns the trials already done.
-    ``live``: trial ids a running driver still owns (left alone)."""
+def prepare_arm_search(study: optuna.Study, retry_failed: bool) -> int:
+    """Mark dead drivers' RUNNING trials interrupted and enqueue their parameters again (and
+    those of failed trials with ``retry_failed``). Returns the trials that use up budget: done,
+    or running live (in any driver)."""
     storage = study._storage
-    for trial in study.get_trials(deepcopy=False):
-        again = False
-        if trial.state == TrialState.RUNNING and trial._trial_id not in live:
-            storage.set_trial_user_attr(trial._trial_id, "error", f"{INTERRUPTED}: its driver stopped")
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-            again = True
-        elif trial.state == TrialState.FAIL and retry_failed and not trial.user_attrs.get("retried") \
-                and not str(trial.user_attrs.get("error", "")).startswith(INTERRUPTED):
-            again = True
-        if again and trial.params:
+    again = fail_stale(study)
+    if retry_failed:
+        again += [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                  if not t.user_attrs.get("retried") and not str(t.user_attrs.get("error", "")).startswith(INTERRUPTED)]
+    for trial in again:
+        if trial.params:
             storage.set_trial_user_attr(trial._trial_id, "retried", True)
             study.enqueue_trial(trial.params, user_attrs={"resumes": trial.number}, skip_if_exists=False)
-    return sum(counts_as_done(t, retry_failed) for t in study.get_trials(deepcopy=False))
+    return used_budget(study, retry_failed)
+
+
+def used_budget(study: optuna.Study, retry_failed: bool = False) -> int:
+    """Trials done (see :func:`counts_as_done`) plus trials running live, in any driver."""
+    return sum(counts_as_done(t, retry_failed) for t in study.get_trials(deepcopy=False)) + len(live_running(study))
 
 
 class ArmSearch(Searcher):
     """One OptunaSearch per arm behind one Ray searcher; hands out each arm's remaining budget,
-    the arm with the most left first."""
+    the arm with the most left first. Before each ask the arm's budget is checked against
+    storage, so trials another driver started meanwhile count too; the trials it asked carry
+    this driver's id and its heartbeat until they are told."""
 
-    def __init__(self, job: StudyJob, budgets: dict[int, int], seeds_stored: dict[int, int]) -> None:
+    def __init__(self, job: StudyJob, budgets: dict[int, int], seeds_stored: dict[int, int],
+                 heartbeats: Heartbeats, per_arm: int) -> None:
         spec = job.spec
         mode = "max" if spec.direction == "maximize" else "min"
         super().__init__(metric=spec.metric, mode=mode)
         from mmvit.study.storage import open_storage
 
         space = {key: distribution(param) for key, param in spec.search.params.items()}
-        self.job, self.budgets = job, dict(budgets)
+        self.job, self.budgets, self.heartbeats, self.per_arm = job, dict(budgets), heartbeats, per_arm
         self.searchers = {
             index: OptunaSearch(space, metric=spec.metric, mode=mode,
                                 sampler=make_sampler(spec, _sampler_seed(spec, index, seeds_stored[index])),
@@ -117,14 +122,29 @@ class ArmSearch(Searcher):
         self.epochs: dict[str, int] = {}
         self.last_epoch: dict[str, int] = {}
 
+    def __getstate__(self) -> dict:
+        # Tune pickles its searcher into the experiment state; the heartbeat thread stays here.
+        return {**self.__dict__, "heartbeats": None}
+
+    def _next_arm(self) -> int | None:
+        while True:
+            open_arms = [index for index, left in self.budgets.items() if left > 0]
+            if not open_arms:
+                return None
+            index = max(open_arms, key=lambda i: (self.budgets[i], -i))
+            if used_budget(self.searchers[index]._ot_study) < self.per_arm:
+                return index
+            self.budgets[index] = 0  # another driver ran or runs the rest of this arm's budget
+
     def suggest(self, trial_id: str) -> dict | str | None:
-        open_arms = [index for index, left in self.budgets.items() if left > 0]
-        if not open_arms:
+        index = self._next_arm()
+        if index is None:
             return Searcher.FINISHED
-        index = max(open_arms, key=lambda i: (self.budgets[i], -i))
         searcher = self.searchers[index]
         searcher.suggest(trial_id)
         ot_trial = searcher._ot_trials[trial_id]
+        searcher._ot_study._storage.set_trial_user_attr(ot_trial._trial_id, "driver", self.job.driver)
+        self.heartbeats.add(ot_trial._trial_id)
         self.budgets[index] -= 1
         self.owner[trial_id] = index
         seed = self.job.spec.seeds[0]
@@ -161,6 +181,7 @@ class ArmSearch(Searcher):
                 study.tell(ot_trial, value)
         except Exception as failure:  # a finished trial, a NaN value: never lose the rest
             log.warning("Could not record search trial %s: %s", ot_trial.number, failure)
+        self.heartbeats.discard(ot_trial._trial_id)
 
 
 class ArmASHA(FIFOScheduler):
@@ -223,4 +244,4 @@ def best_params(study: optuna.Study) -> dict[str, Any] | None:
     return dict(best.params)
 
 
-__all__ = ["ArmASHA", "ArmSearch", "best_params", "prepare_arm_search", "search_study_name"]
+__all__ = ["ArmASHA", "ArmSearch", "best_params", "prepare_arm_search", "search_study_name", "used_budget"]

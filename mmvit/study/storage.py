@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -54,10 +55,18 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     return _OPEN[key]
 
 
+# Our trials are asked outside Study.optimize, with heartbeats recorded by mmvit.study.claims.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+warnings.filterwarnings("ignore", message="Argument ``(heartbeat_interval|grace_period)`` is an experimental")
+
+
 def _connect(url: str) -> optuna.storages.RDBStorage:
+    from mmvit.study.claims import GRACE_S, HEARTBEAT_S
+
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
+                                          grace_period=GRACE_S)
     except Exception as error:  # SQLAlchemy and drivers raise many unrelated types
         raise StudyError(f"Cannot open the study storage {redact(url)} ({type(error).__name__}: "
                          f"{str(error).splitlines()[0]}). Check the URL, the server and the driver "

@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 
 from mmvit.config import TrialConfig
 from mmvit.study.arms import Arm, ablated_keys
+from mmvit.study.claims import Heartbeats, claim
 from mmvit.study.spec import StudySpec
 from mmvit.study.storage import open_storage
 
@@ -76,6 +77,7 @@ class StudyJob:
     data_root: str | None
     checkpoints: Path
     arms: list[Arm] = field(default_factory=list)
+    driver: str = ""  # the id of the `mmvit-study run` process, on every trial it runs
 
     def resolve(self, arm_index: int, seed: int, params: dict[str, Any] | None = None) -> TrialConfig:
         config = self.spec.resolve(self.arms[arm_index], seed, params=params,
@@ -138,10 +140,8 @@ def run_trial(config: dict[str, Any], job: StudyJob) -> None:
     """Ray Tune function trainable. ``config["point"]``: ``arm`` (index), ``seed``, ``params`` (searched
     values or None), ``search`` ([study name, Optuna trial id] for a search trial, else None)."""
     import torch
-    from ray import tune
 
     from mmvit.data.loader import available_cpus
-    from mmvit.train.loop import train_trial
 
     point = config["point"]
     arm_index, seed, params = point["arm"], point["seed"], point.get("params")
@@ -152,20 +152,34 @@ def run_trial(config: dict[str, Any], job: StudyJob) -> None:
     if config.data.num_workers is None:
         config.data.num_workers = min(cpus - 1, available_cpus())
     storage = open_storage(job.url)
-    if point.get("search"):
-        trial_id, study = point["search"][1], None
-    else:
-        study = optuna.load_study(study_name=job.spec.study, storage=storage)
-        trial_id = study.ask()._trial_id
     arm = job.arms[arm_index]
-    attrs = {**placement(), "arm": arm.name, "arm_index": arm_index, "seed": seed, "phase": "search" if study is None else "final",
+    attrs = {**placement(), "arm": arm.name, "arm_index": arm_index, "seed": seed, "driver": job.driver,
+             "phase": "search" if point.get("search") else "final",
              "config": config.model_dump(mode="json"), "config_key": config_key(config)}
     if params:
         attrs["search_params"] = params
     if point.get("search_trial") is not None:
         attrs["search_trial"] = point["search_trial"]
-    for key, value in attrs.items():
-        storage.set_trial_user_attr(trial_id, key, value)
+    if point.get("search"):
+        trial_id, study = point["search"][1], None
+        for key, value in attrs.items():
+            storage.set_trial_user_attr(trial_id, key, value)
+    else:
+        study = optuna.load_study(study_name=job.spec.study, storage=storage)
+        trial_id = claim(study, attrs)
+        if trial_id is None:  # COMPLETE, or another driver's live trial runs it
+            return
+    with Heartbeats(storage, (trial_id,)):
+        _train_and_record(config, job, storage, study, trial_id)
+
+
+def _train_and_record(config: TrialConfig, job: StudyJob, storage, study: optuna.Study | None, trial_id: int) -> None:
+    """Train, reporting each epoch to storage and Tune; record the results (a final trial —
+    ``study`` given — also tells its state)."""
+    from ray import tune
+
+    from mmvit.train.loop import train_trial
+
     history: list[dict] = []
     metric = job.spec.metric
 

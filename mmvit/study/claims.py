@@ -1,0 +1,165 @@
+"""Which driver runs which trial: heartbeats, stale trials, and claiming a point of the grid.
+
+Two ``mmvit-study run`` processes may work on one study at once (two users on a cluster, or a
+resume started while the first run is alive). Every RUNNING trial carries its driver's id
+(``driver`` attr) and an Optuna heartbeat (``RDBStorage(heartbeat_interval, grace_period)``,
+stamped with the database's clock, so hosts need not agree on time), recorded by a thread in
+the process that runs it. A trial whose heartbeat is older than the grace period belongs to a
+driver that is gone: it is *stale*, and only stale trials are marked interrupted by another
+driver. A final trial claims its (arm, seed) point when it starts: it stands down if the point
+is COMPLETE or held by a live trial, and of two trials that claimed at the same moment the one
+with the lower number keeps it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from datetime import datetime, timedelta
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
+
+log = logging.getLogger(__name__)
+
+INTERRUPTED = "interrupted"  # error prefix of trials that did not fail on their own: they run again
+HEARTBEAT_S = max(1, int(os.environ.get("MMVIT_HEARTBEAT_S", "5")))
+GRACE_S = 4 * HEARTBEAT_S  # no heartbeat for this long: the trial's driver (or worker) is gone
+
+
+def new_driver_id() -> str:
+    """``host:pid:random`` — readable in ``status``, unique across hosts and restarts."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Heartbeats:
+    """A daemon thread recording a heartbeat every ``HEARTBEAT_S`` for a changing set of trials."""
+
+    def __init__(self, storage: optuna.storages.RDBStorage, trial_ids: tuple[int, ...] = ()) -> None:
+        self.storage = storage
+        self.trial_ids: set[int] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="mmvit-heartbeats", daemon=True)
+        for trial_id in trial_ids:
+            self.add(trial_id)
+
+    def add(self, trial_id: int) -> None:
+        self.storage.record_heartbeat(trial_id)  # at once: no window without a heartbeat
+        with self._lock:
+            self.trial_ids.add(trial_id)
+
+    def discard(self, trial_id: int) -> None:
+        with self._lock:
+            self.trial_ids.discard(trial_id)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            with self._lock:
+                ids = sorted(self.trial_ids)
+            for trial_id in ids:
+                try:
+                    self.storage.record_heartbeat(trial_id)
+                except Exception as error:  # a busy database: the next beat may get through
+                    log.warning("Heartbeat of trial %s not recorded: %s", trial_id, error)
+
+    def __enter__(self) -> "Heartbeats":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=HEARTBEAT_S + 5)
+
+
+def _without_heartbeat(storage: optuna.storages.RDBStorage, study_id: int) -> set[int]:
+    """RUNNING trials that never recorded a heartbeat (killed within a moment of their creation,
+    or written by a version without heartbeats)."""
+    from optuna.storages._rdb import models  # Optuna keeps heartbeats in their own table
+
+    session = getattr(storage, "_backend", storage).scoped_session()  # a study wraps it in a cache
+    try:
+        rows = (session.query(models.TrialModel.trial_id)
+                .filter(models.TrialModel.study_id == study_id, models.TrialModel.state == TrialState.RUNNING)
+                .filter(~models.TrialModel.heartbeats.any()).all())
+        return {row[0] for row in rows}
+    finally:
+        session.close()
+
+
+def stale_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """RUNNING trials whose driver is gone: heartbeat older than the grace period, or none at
+    all for longer than the grace period."""
+    storage = study._storage
+    stale = set(storage._get_stale_trial_ids(study._study_id))
+    silent = _without_heartbeat(storage, study._study_id)
+    oldest = datetime.now() - timedelta(seconds=GRACE_S)
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return [t for t in running if t._trial_id in stale
+            or (t._trial_id in silent and t.datetime_start is not None and t.datetime_start < oldest)]
+
+
+def interrupt(storage: optuna.storages.BaseStorage, trial_id: int, why: str) -> bool:
+    """RUNNING → FAIL with ``interrupted: why`` (it runs again); False if it finished meanwhile."""
+    try:
+        storage.set_trial_user_attr(trial_id, "error", f"{INTERRUPTED}: {why}")
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        return True
+    except UpdateFinishedTrialError:  # it finished, or another driver got there first
+        return False
+
+
+def fail_stale(study: optuna.Study) -> list[FrozenTrial]:
+    """Mark the trials of dead drivers interrupted; returns them."""
+    return [t for t in stale_trials(study) if interrupt(study._storage, t._trial_id, "its driver stopped")]
+
+
+def release_own(study: optuna.Study, driver: str) -> int:
+    """This driver's trials still RUNNING once its Tuner returned (Ctrl-C, a crashed worker) →
+    interrupted; another driver's live trials are left alone."""
+    mine = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.user_attrs.get("driver") == driver]
+    return sum(interrupt(study._storage, t._trial_id, "its driver stopped") for t in mine)
+
+
+def live_running(study: optuna.Study) -> list[FrozenTrial]:
+    """RUNNING trials whose driver is alive."""
+    stale = {t._trial_id for t in stale_trials(study)}
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t._trial_id not in stale]
+
+
+def _point(trial: FrozenTrial) -> tuple:
+    return trial.user_attrs.get("arm"), trial.user_attrs.get("seed")
+
+
+def holders(study: optuna.Study, point: tuple, *, before: int | None = None) -> list[FrozenTrial]:
+    """Trials that hold ``point``: COMPLETE, or RUNNING and live (numbered below ``before``)."""
+    live = {t._trial_id for t in live_running(study)}
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+            if _point(t) == point and (t.state == TrialState.COMPLETE or t._trial_id in live)
+            and (before is None or t.number < before or t.state == TrialState.COMPLETE)]
+
+
+def claim(study: optuna.Study, attrs: dict) -> int | None:
+    """Create the RUNNING trial of the point ``(attrs["arm"], attrs["seed"])`` with all its
+    attributes in one transaction and a first heartbeat, or return None when the point is
+    taken (COMPLETE, or a live trial of any driver holds it)."""
+    point = (attrs["arm"], attrs["seed"])
+    if holders(study, point):
+        return None
+    storage = study._storage
+    template = FrozenTrial(number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(),
+                           datetime_complete=None, params={}, distributions={}, user_attrs=attrs,
+                           system_attrs={}, intermediate_values={}, trial_id=-1)
+    trial_id = storage.create_new_trial(study._study_id, template_trial=template)
+    storage.record_heartbeat(trial_id)
+    number = storage.get_trial(trial_id).number
+    first = holders(study, point, before=number)
+    if first:  # another driver claimed the same point at the same moment, and first
+        interrupt(storage, trial_id, f"trial {first[0].number} of another driver runs this point")
+        return None
+    return trial_id

@@ -1,0 +1,103 @@
+"""Heartbeats and claims (:mod:`mmvit.study.claims`) on SQLite and on a real PostgreSQL server:
+a live driver's trials are never taken for a dead one's, a dead one's are, and a point of the
+grid is held by one trial only — even when two drivers claim it at the same moment."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from mmvit.study import claims
+from tests.pg_server import postgres_url  # noqa: F401 (the fixture)
+
+GRACE = 2  # seconds without a heartbeat before a trial is stale, in these tests
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def study(request, tmp_path, monkeypatch) -> optuna.Study:
+    url = f"sqlite:///{tmp_path / 'claims.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    monkeypatch.setattr(claims, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(claims, "GRACE_S", GRACE)
+    storage = optuna.storages.RDBStorage(url, heartbeat_interval=1, grace_period=GRACE)
+    yield optuna.create_study(storage=storage, study_name=f"claims-{uuid.uuid4().hex[:8]}")
+    storage.engine.dispose()
+
+
+def attrs(driver: str, arm: str = "a", seed: int = 0) -> dict:
+    return {"arm": arm, "seed": seed, "driver": driver, "config": {"model": {"depth": 1}}}
+
+
+def state(study: optuna.Study, trial_id: int) -> TrialState:
+    return study._storage.get_trial(trial_id).state
+
+
+def test_a_claim_creates_the_trial_with_its_attributes_and_holds_the_point(study):
+    first = claims.claim(study, attrs("driver-1"))
+    trial = study._storage.get_trial(first)
+    assert trial.state == TrialState.RUNNING
+    assert trial.user_attrs == attrs("driver-1"), "the attributes arrive with the trial, not after it"
+    assert claims.claim(study, attrs("driver-2")) is None, "a live trial holds its point"
+    assert claims.claim(study, attrs("driver-2", seed=1)) is not None, "another point is free"
+    assert len(study.get_trials()) == 2, "a refused claim leaves nothing in storage"
+
+
+def test_a_live_driver_keeps_its_trials_and_a_dead_ones_are_taken_over(study):
+    live = claims.claim(study, attrs("alive", arm="a"))
+    dead = claims.claim(study, attrs("dead", arm="b"))
+    with claims.Heartbeats(study._storage, (live,)):
+        time.sleep(GRACE + 2)  # "dead" recorded its first heartbeat and no other
+        assert [t._trial_id for t in claims.stale_trials(study)] == [dead]
+        assert [t._trial_id for t in claims.fail_stale(study)] == [dead]
+        assert state(study, live) == TrialState.RUNNING, "a live driver's trial is left alone"
+        assert state(study, dead) == TrialState.FAIL
+        assert study._storage.get_trial(dead).user_attrs["error"].startswith(claims.INTERRUPTED)
+        taken_over = claims.claim(study, attrs("new", arm="b"))
+        assert taken_over is not None, "the dead driver's point runs again"
+        assert claims.claim(study, attrs("new", arm="a")) is None, "the live driver's point does not"
+    time.sleep(GRACE + 2)  # the live driver's heartbeats stop: now it is stale too
+    assert live in {t._trial_id for t in claims.stale_trials(study)}
+
+
+def test_a_trial_killed_before_its_first_heartbeat_goes_stale_after_the_grace_period(study):
+    storage = study._storage
+    young = storage.create_new_trial(study._study_id)
+    for key, value in attrs("x", arm="young").items():
+        storage.set_trial_user_attr(young, key, value)
+    assert claims.stale_trials(study) == [], "just created: its driver may be about to beat"
+    time.sleep(GRACE + 1)
+    assert [t._trial_id for t in claims.stale_trials(study)] == [young]
+
+
+def test_release_own_touches_only_this_drivers_trials(study):
+    mine = claims.claim(study, attrs("me", arm="a"))
+    theirs = claims.claim(study, attrs("them", arm="b"))
+    assert claims.release_own(study, "me") == 1
+    assert state(study, mine) == TrialState.FAIL and state(study, theirs) == TrialState.RUNNING
+
+
+def test_of_two_simultaneous_claims_the_lower_number_keeps_the_point(study, monkeypatch):
+    first = claims.claim(study, attrs("driver-1"))
+    real = claims.holders
+    calls = []
+
+    def racing(study, point, *, before=None):  # the second driver's check ran before the first's insert
+        calls.append(before)
+        return [] if before is None else real(study, point, before=before)
+
+    monkeypatch.setattr(claims, "holders", racing)
+    assert claims.claim(study, attrs("driver-2")) is None
+    assert calls[0] is None and calls[1] is not None, "it checked again after creating its trial"
+    second = max(t._trial_id for t in study.get_trials())
+    assert state(study, first) == TrialState.RUNNING
+    assert state(study, second) == TrialState.FAIL
+    assert "another driver runs this point" in study._storage.get_trial(second).user_attrs["error"]
+
+
+def test_a_complete_point_is_never_claimed_again(study):
+    trial_id = claims.claim(study, attrs("driver-1"))
+    study._storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [0.5])
+    assert claims.claim(study, attrs("driver-2")) is None
