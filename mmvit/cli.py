@@ -239,6 +239,7 @@ def run(
     address: Annotated[Optional[str], typer.Option(help="Join a running Ray cluster (auto or HOST:PORT).")] = None,
     retry_failed: Annotated[bool, typer.Option(help="Run failed trials again.")] = False,
     reports_dir: Annotated[Path, typer.Option(help="Where the live report reports/<study>/ is written.")] = Path("reports"),
+    storage_path: Annotated[Optional[str], typer.Option(help="Checkpoints and Ray results: a folder every node of the cluster mounts, or an s3:// / gs:// URI (default: --studies-dir).")] = None,
     verbose: Annotated[bool, typer.Option(help="Show Ray's logs.")] = False,
 ) -> None:
     """Run (or resume) a study: every arm × seed, recorded in Optuna storage."""
@@ -255,7 +256,7 @@ def run(
         summary = run_study(file, studies_dir=studies_dir, storage=storage,
                             data=str(data) if data else None, profile=profile, address=address,
                             retry_failed=retry_failed, verbose=verbose, console=console,
-                            reports_dir=reports_dir)
+                            reports_dir=reports_dir, storage_path=storage_path)
     except KeyboardInterrupt:
         console.print(f"Stopped at once. Everything finished is in {where}; trials that were running "
                       f"resume from their last epoch checkpoint when you run the same command again.")

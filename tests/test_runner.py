@@ -11,6 +11,7 @@ from mmvit.cli import app
 from mmvit.errors import StudyError
 from mmvit.study.runner import StudyJob, config_key, run_study
 from mmvit.study.spec import load_spec, parse_spec
+from mmvit.study.shared_path import trial_checkpoints
 from mmvit.study.storage import open_storage, storage_url
 from mmvit.train.loop import train_trial
 
@@ -81,10 +82,15 @@ def test_mmvit_data_names_the_archive(monkeypatch, tmp_path, demo_root):
     assert resolve_data(str(demo_root), spec, "quick")[2] == "quick", "--data wins over $MMVIT_DATA"
 
 
-def test_interrupted_trial_resumes_from_its_checkpoint(ray_session, tmp_path, demo_root):
+@pytest.mark.parametrize("shared", [None, "file"], ids=["studies-dir", "object-store-uri"])
+def test_interrupted_trial_resumes_from_its_checkpoint(ray_session, tmp_path, demo_root, shared):
+    """With ``--storage-path`` as a URI (``file://`` here: the same pyarrow code path as s3:// or
+    gs://) the checkpoint is published to the store and fetched back by the resumed trial."""
+    storage_path = f"file://{tmp_path / 'bucket'}" if shared else None
     path = tmp_path / "grid.yaml"
     path.write_text(SPEC.replace("seeds: [0, 1]", "seeds: [0]").replace("study: grid", "study: killed"))
-    kwargs = dict(studies_dir=tmp_path / "studies", data=str(demo_root), profile="quick", reports_dir=tmp_path / "reports")
+    kwargs = dict(studies_dir=tmp_path / "studies", data=str(demo_root), profile="quick", reports_dir=tmp_path / "reports",
+                  storage_path=storage_path)
     spec = load_spec(path)
     # What a killed driver leaves behind: a RUNNING trial and an epoch-1 checkpoint of its config.
     from mmvit.study.storage import ensure_study
@@ -94,7 +100,8 @@ def test_interrupted_trial_resumes_from_its_checkpoint(ray_session, tmp_path, de
     stale = study.ask()
     stale.set_user_attr("arm", "model.fusion=sct")
     stale.set_user_attr("seed", 0)
-    job = StudyJob(spec, "", "quick", str(demo_root), tmp_path / "studies" / "killed" / "checkpoints", spec.arms)
+    root = storage_path or str(tmp_path / "studies")
+    job = StudyJob(spec, "", "quick", str(demo_root), f"{root}/killed/checkpoints", spec.arms)
     config = job.resolve(1, 0)
 
     class Killed(Exception):
@@ -103,8 +110,8 @@ def test_interrupted_trial_resumes_from_its_checkpoint(ray_session, tmp_path, de
     def die(record, _):
         raise Killed
 
-    with pytest.raises(Killed):
-        train_trial(config, checkpoint_dir=job.checkpoints / config_key(config), on_epoch=die)
+    with pytest.raises(Killed), trial_checkpoints(f"{job.checkpoints}/{config_key(config)}") as (folder, publish):
+        train_trial(config, checkpoint_dir=folder, on_epoch=lambda record, _: (publish(), die(record, _)))
 
     summary = run_study(path, **kwargs)
     assert (summary.planned, summary.ran, summary.failed) == (2, 2, [])
@@ -116,6 +123,13 @@ def test_interrupted_trial_resumes_from_its_checkpoint(ray_session, tmp_path, de
     assert resumed.user_attrs["resumed_from_epoch"] == 1, "resumed after the epoch-1 checkpoint"
     assert [h["epoch"] for h in resumed.user_attrs["history"]] == [1, 2], "with the epoch before the stop"
     assert resumed.user_attrs["epochs_run"] == 2
+    if shared:  # everything of the study but its storage went to the store
+        bucket = tmp_path / "bucket" / "killed"
+        assert {p.name for p in (bucket / "checkpoints").iterdir()} == {t.user_attrs["config_key"] for t in complete}
+        assert all((bucket / "checkpoints" / t.user_attrs["config_key"] / "last.pt").is_file() for t in complete)
+        assert any((bucket / "ray").iterdir()), "Ray's results"
+        assert not (tmp_path / "studies" / "killed" / "checkpoints").exists()
+        assert not (tmp_path / "studies" / "killed" / "ray").exists()
 
 
 def test_status_shows_the_grid(ray_session, tmp_path, demo_root):

@@ -29,6 +29,7 @@ from mmvit.errors import SpecError, StudyError
 from mmvit.study.arms import Arm
 from mmvit.study.cluster import use_cluster_token
 from mmvit.study.claims import HEARTBEAT_S, INTERRUPTED, Heartbeats, fail_stale, live_running, new_driver_id, release_own
+from mmvit.study.shared_path import join, resolve_root
 from mmvit.study.search import best_params, prepare_arm_search, search_study_name
 from mmvit.study.spec import StudySpec, load_spec
 from mmvit.study.storage import ensure_study, open_storage, redact, storage_url
@@ -193,7 +194,18 @@ def check_resources(spec: StudySpec) -> None:
                          f"cluster has {max((n.get('CPU', 0) for n in nodes), default=0):g}. Lower resources.cpu.")
 
 
-def _tuner(job: StudyJob, studies_dir: Path, phase: str, verbose: bool, **tune_kwargs):
+def warn_unshared(storage_path: str | None) -> None:
+    """Checkpoints under --studies-dir sit on each node's own disk: say so on a multi-node cluster."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if storage_path is None and len(nodes) > 1:
+        log.warning("The Ray cluster has %d nodes, but checkpoints and Ray results go to --studies-dir on "
+                    "each node's own disk: a trial resumed on another node starts again from epoch 0. Pass "
+                    "--storage-path with a folder every node mounts (or an s3:// / gs:// URI).", len(nodes))
+
+
+def _tuner(job: StudyJob, phase: str, verbose: bool, **tune_kwargs):
     from ray import tune
 
     spec = job.spec
@@ -204,12 +216,12 @@ def _tuner(job: StudyJob, studies_dir: Path, phase: str, verbose: bool, **tune_k
         param_space=param_space,
         tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True, **tune_kwargs),
         run_config=tune.RunConfig(name=f"{spec.study}-{phase}-{int(time.time())}",
-                                  storage_path=str((studies_dir / spec.study / "ray").resolve()),
+                                  storage_path=job.ray_results,
                                   verbose=1 if verbose else 0),
     )
 
 
-def run_search(job: StudyJob, studies_dir: Path, retry_failed: bool, verbose: bool) -> tuple[int, int]:
+def run_search(job: StudyJob, retry_failed: bool, verbose: bool) -> tuple[int, int]:
     """Tune every arm's searched parameters, the budget another driver runs left out. Returns
     (search trials this driver finished, its trials left unfinished: Ctrl-C or a lost worker)."""
     from mmvit.study.search import ArmASHA, ArmSearch
@@ -239,7 +251,7 @@ def run_search(job: StudyJob, studies_dir: Path, retry_failed: bool, verbose: bo
         for index in budgets:
             scheduler.replay(index, studies[index])
     with Heartbeats(storage) as heartbeats:
-        _tuner(job, studies_dir, "search", verbose, scheduler=scheduler, num_samples=total,
+        _tuner(job, "search", verbose, scheduler=scheduler, num_samples=total,
                search_alg=ArmSearch(job, budgets, stored, heartbeats, per_arm)).fit()
     released = sum(release_own(study, job.driver) for study in studies.values())
     return sum(finished_by(study, job.driver) for study in studies.values()), released
@@ -272,7 +284,7 @@ def searched_parameters(job: StudyJob) -> tuple[dict[int, dict], set[int], list[
 def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str | None = None,
               data: str | None = None, profile: str | None = None, address: str | None = None,
               retry_failed: bool = False, verbose: bool = False, console=None,
-              reports_dir: Path | None = Path("reports")) -> RunSummary:
+              reports_dir: Path | None = Path("reports"), storage_path: str | None = None) -> RunSummary:
     """Run what the study still needs; ``console`` (a rich Console) shows the live view; the
     report in ``reports_dir/<study>/`` is refreshed as trials finish (None: no report).
 
@@ -287,8 +299,9 @@ def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str |
     study, additions = ensure_study(open_storage(url), spec, source=str(path), archive=archive, profile=profile)
     if additions:
         log.warning("The study grows by %s.", ", ".join(additions))
-    job = StudyJob(spec, url, profile, data_root, (studies_dir / spec.study / "checkpoints").resolve(), spec.arms,
-                   driver=new_driver_id())
+    root = resolve_root(storage_path, studies_dir)
+    job = StudyJob(spec, url, profile, data_root, join(root, spec.study, "checkpoints"), spec.arms,
+                   driver=new_driver_id(), ray_results=join(root, spec.study, "ray"))
     record_identity(study, job)
     seeds = profile_plan(spec, profile)[0]
     planned = len(job.arms) * len(seeds)
@@ -298,10 +311,11 @@ def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str |
     searched, released, already_done, unsearched, told_waiting = 0, 0, None, [], False
     with ray_session(address, verbose), _live_view(job, console), live_report or nullcontext():
         check_resources(spec)
+        warn_unshared(storage_path)
         while True:
             params, busy = {}, set()
             if spec.search:
-                ran_now, released = run_search(job, studies_dir, retry_failed, verbose)
+                ran_now, released = run_search(job, retry_failed, verbose)
                 searched += ran_now
                 if released:
                     break
@@ -315,7 +329,7 @@ def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str |
                 points = [{"arm": i, "seed": seed, "params": params.get(i), "search": None} for i, seed in todo]
                 from ray import tune
 
-                _tuner(job, studies_dir, "final", verbose, param_space={"point": tune.grid_search(points)}).fit()
+                _tuner(job, "final", verbose, param_space={"point": tune.grid_search(points)}).fit()
                 released = release_own(study, job.driver)
                 if released:
                     break

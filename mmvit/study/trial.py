@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 from mmvit.config import TrialConfig
 from mmvit.study.arms import Arm, ablated_keys
 from mmvit.study.claims import Heartbeats, claim
+from mmvit.study.shared_path import join, trial_checkpoints
 from mmvit.study.spec import StudySpec
 from mmvit.study.storage import open_storage
 
@@ -75,9 +76,10 @@ class StudyJob:
     url: str
     profile: str
     data_root: str | None
-    checkpoints: Path
+    checkpoints: str  # a folder or an object-store URI (mmvit.study.shared_path)
     arms: list[Arm] = field(default_factory=list)
     driver: str = ""  # the id of the `mmvit-study run` process, on every trial it runs
+    ray_results: str = ""  # Ray Tune's storage_path (next to the checkpoints)
 
     def resolve(self, arm_index: int, seed: int, params: dict[str, Any] | None = None) -> TrialConfig:
         config = self.spec.resolve(self.arms[arm_index], seed, params=params,
@@ -203,8 +205,13 @@ def _train_and_record(config: TrialConfig, job: StudyJob, storage, study: optuna
         tune.report({metric: value, "epoch": record.epoch})
 
     try:
-        result = train_trial(config, checkpoint_dir=job.checkpoints / config_key(config), on_epoch=on_epoch,
-                             on_resume=on_resume)
+        with trial_checkpoints(join(str(job.checkpoints), config_key(config))) as (folder, publish):
+            def on_epoch_published(record, checkpoint_path) -> None:
+                publish()  # before storage hears of the epoch: a resume finds every recorded epoch
+                on_epoch(record, checkpoint_path)
+
+            result = train_trial(config, checkpoint_dir=folder, on_epoch=on_epoch_published, on_resume=on_resume)
+            publish()
     except Exception as error:
         storage.set_trial_user_attr(trial_id, "error", f"{type(error).__name__}: {error}")
         if study is not None:
