@@ -26,7 +26,7 @@ resources: {cpu: 0.5, gpu: 0.5}
 def two_logical_gpus():
     import ray
 
-    ray.init(include_dashboard=False, log_to_driver=False, num_cpus=2, num_gpus=2,
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, num_cpus=2, num_gpus=2,
              object_store_memory=100 * 2**20, logging_level="ERROR")
     yield
     ray.shutdown()
@@ -64,8 +64,13 @@ def test_a_request_the_cluster_cannot_meet_is_refused_before_it_starts(two_logic
     (None, {}, True, None),
 ])
 def test_an_explicit_address_sends_the_cluster_token(monkeypatch, tmp_path, address, env, token_file, expected):
+    import os
+
     from mmvit.study.cluster import use_cluster_token
 
+    # A private copy of the environment: the RAY_AUTH_MODE it sets must not reach later tests'
+    # Ray clusters (their GCS would demand a token their drivers do not send).
+    monkeypatch.setattr(os, "environ", dict(os.environ))
     for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
@@ -75,6 +80,4 @@ def test_an_explicit_address_sends_the_cluster_token(monkeypatch, tmp_path, addr
         (tmp_path / ".ray").mkdir()
         (tmp_path / ".ray" / "auth_token").write_text("secret")
     use_cluster_token(address)
-    import os
-
     assert os.environ.get("RAY_AUTH_MODE") == expected

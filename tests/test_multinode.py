@@ -92,6 +92,9 @@ def two_node_cluster(tmp_path) -> Iterator[tuple[str, dict]]:
     finally:
         for node in reversed(nodes):
             _stop(node)
+        current = Path("/tmp/ray/ray_current_cluster")  # `ray start` left its address for ray.init()
+        if current.is_file() and current.read_text().strip().endswith(f":{port}"):
+            current.unlink()
 
 
 @pytest.mark.timeout(400)
