@@ -80,7 +80,9 @@ def two_node_cluster(tmp_path) -> Iterator[tuple[str, dict]]:
     (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))  # what the admin gave the user
     user_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     user_env.update(HOME=str(home), COLUMNS="200")
-    node_env = {**user_env, "RAY_AUTH_MODE": "token"}  # the cluster requires the token
+    # The nodes start without this shell's MMVIT_* settings (as on a real cluster): the driver
+    # hands its own to the workers.
+    node_env = {**{k: v for k, v in user_env.items() if not k.startswith("MMVIT_")}, "RAY_AUTH_MODE": "token"}
     port = _free_port()
     head = _ray_start(["--head", "--port", str(port), "--include-dashboard", "false"], node_env)
     nodes = [head]
@@ -117,6 +119,8 @@ def test_a_study_runs_across_two_ray_nodes_with_shared_checkpoints(two_node_clus
     nodes = {t.user_attrs["node"] for t in trials}
     assert len(nodes) == 2, f"trials ran on both nodes: {nodes}"
     assert all(t.user_attrs["gpu_ids"] == ["0"] for t in trials), "each node's one logical GPU, shared by two trials"
+    assert {t.user_attrs["heartbeat_s"] for t in trials} == {int(env["MMVIT_HEARTBEAT_S"])}, \
+        "the workers beat at the driver's interval, not their default"
     for trial in trials:  # every checkpoint on the shared path, none under --studies-dir
         folder = shared / NAME / "checkpoints" / trial.user_attrs["config_key"]
         assert (folder / "last.pt").is_file() and (folder / "best.pt").is_file(), folder

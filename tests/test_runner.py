@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -97,9 +99,11 @@ def test_interrupted_trial_resumes_from_its_checkpoint(ray_session, tmp_path, de
 
     study, _ = ensure_study(open_storage(storage_url("killed", tmp_path / "studies")), spec,
                             source=str(path), archive=str(demo_root), profile="quick")
-    stale = study.ask()
-    stale.set_user_attr("arm", "model.fusion=sct")
-    stale.set_user_attr("seed", 0)
+    # Started an hour ago, its heartbeats long gone: stale at once (no waiting out the grace period).
+    study.add_trial(optuna.trial.FrozenTrial(
+        number=-1, trial_id=-1, state=TrialState.RUNNING, value=None, params={}, distributions={},
+        datetime_start=datetime.now() - timedelta(hours=1), datetime_complete=None,
+        user_attrs={"arm": "model.fusion=sct", "seed": 0}, system_attrs={}, intermediate_values={}))
     root = storage_path or str(tmp_path / "studies")
     job = StudyJob(spec, "", "quick", str(demo_root), f"{root}/killed/checkpoints", spec.arms)
     config = job.resolve(1, 0)

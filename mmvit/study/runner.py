@@ -161,10 +161,14 @@ def ray_session(address: str | None, verbose: bool) -> Iterator[None]:
         use_cluster_token(address)
         # Without --address (or $RAY_ADDRESS) a private local Ray, even if `ray start` runs here.
         address = address or os.environ.get("RAY_ADDRESS") or "local"
+        # A cluster's workers were started by `ray start`, not from this shell: hand them this
+        # driver's MMVIT_* settings (cache folder, heartbeat interval) so both sides agree.
+        settings = {key: value for key, value in os.environ.items() if key.startswith("MMVIT_")}
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
                      logging_level=logging.INFO if verbose else logging.ERROR,
-                     object_store_memory=100 * 2**20 if address == "local" else None)
+                     object_store_memory=100 * 2**20 if address == "local" else None,
+                     runtime_env={"env_vars": settings} if settings and address != "local" else None)
         except (ConnectionError, RuntimeError) as error:
             raise StudyError(
                 f"Cannot join the Ray cluster at {address} ({type(error).__name__}: {str(error).splitlines()[0]}). "

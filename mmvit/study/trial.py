@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 
 from mmvit.config import TrialConfig
 from mmvit.study.arms import Arm, ablated_keys
+from mmvit.study import claims
 from mmvit.study.claims import Heartbeats, claim
 from mmvit.study.shared_path import join, trial_checkpoints
 from mmvit.study.spec import StudySpec
@@ -156,6 +157,7 @@ def run_trial(config: dict[str, Any], job: StudyJob) -> None:
     storage = open_storage(job.url)
     arm = job.arms[arm_index]
     attrs = {**placement(), "arm": arm.name, "arm_index": arm_index, "seed": seed, "driver": job.driver,
+             "heartbeat_s": claims.HEARTBEAT_S,
              "phase": "search" if point.get("search") else "final",
              "config": config.model_dump(mode="json"), "config_key": config_key(config)}
     if params:
