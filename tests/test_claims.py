@@ -101,3 +101,19 @@ def test_a_complete_point_is_never_claimed_again(study):
     trial_id = claims.claim(study, attrs("driver-1"))
     study._storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [0.5])
     assert claims.claim(study, attrs("driver-2")) is None
+
+
+def test_another_drivers_live_search_trials_use_up_the_arms_budget(study):
+    """Two drivers searching one arm run its `trials_per_arm` once between them."""
+    from mmvit.study.search import prepare_arm_search, used_budget
+
+    storage = study._storage
+    done = storage.create_new_trial(study._study_id)
+    storage.set_trial_state_values(done, TrialState.COMPLETE, [0.3])
+    other = storage.create_new_trial(study._study_id)  # the other driver's trial, beating
+    with claims.Heartbeats(storage, (other,)):
+        assert prepare_arm_search(study, retry_failed=False) == 2, "one done + one running live elsewhere"
+        assert used_budget(study) == 2 and state(study, other) == TrialState.RUNNING
+    time.sleep(GRACE + 2)  # that driver died
+    assert prepare_arm_search(study, retry_failed=False) == 1, "its trial is interrupted and no longer counts"
+    assert state(study, other) == TrialState.FAIL
