@@ -195,7 +195,7 @@ def bench_study(
     trial = result.trial_s
     console.print(f"{result.trials} trials × {epochs} epochs, {result.concurrency} at a time: "
                   f"trial time {min(trial):.1f}–{max(trial):.1f} s (Σ {sum(trial):.1f} s)\n"
-                  f"wall {result.wall_s:.1f} s (Ray start {result.ray_start_s:.1f} s) vs ideal "
+                  f"wall {result.wall_s:.1f} s vs ideal "
                   f"Σ ÷ {result.concurrency} = {result.ideal_s:.1f} s → ratio {result.ratio:.3f} "
                   f"(target ≤ 1.05)\nfirst trial started after {result.first_start_s:.1f} s; "
                   f"end of the last trial to exit {result.tail_s:.1f} s; Σ storage/set-up time "

@@ -50,19 +50,15 @@ class StudyPlan:
 
 def plan_study(spec: StudySpec, train_patches: int | None = None) -> StudyPlan:
     """Resolve every arm; parameters and tokens from a model built on the meta device."""
-    import torch
-
-    from mmvit.data.bands import input_channels
-    from mmvit.train.loop import build_model
+    from mmvit.study.shapes import model_shape
 
     plans = []
     for arm in spec.arms:
         config = spec.resolve(arm, spec.seeds[0])
-        with torch.device("meta"):
-            model = build_model(config, input_channels(config.data.modalities))
+        shape = model_shape(config)
         plans.append(ArmPlan(
-            name=arm.name, arm=arm, parameters=sum(p.numel() for p in model.parameters()),
-            tokens=int(model.num_tokens), epochs=config.train.epochs, train_patches=train_patches,
+            name=arm.name, arm=arm, parameters=shape.parameters,
+            tokens=shape.tokens, epochs=config.train.epochs, train_patches=train_patches,
             search_trials=spec.search.trials_per_arm if spec.search else 0, seed_trials=len(spec.seeds),
         ))
     return StudyPlan(spec, plans)

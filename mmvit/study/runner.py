@@ -123,17 +123,13 @@ def remaining_points(study: optuna.Study, arms: list[Arm], seeds: list[int], *,
 def longest_first(job: StudyJob, todo: list[tuple[int, int]], params: dict) -> list[tuple[int, int]]:
     """Start the most expensive trials first (parameters × tokens × epochs, from models built on
     the meta device), so the study does not end with one slot running a long trial alone."""
-    import torch
-
-    from mmvit.data.bands import input_channels
-    from mmvit.train.loop import build_model
+    from mmvit.study.shapes import model_shape
 
     cost: dict[int, float] = {}
     for index in {i for i, _ in todo}:
         config = job.resolve(index, job.spec.seeds[0], params.get(index))
-        with torch.device("meta"):
-            model = build_model(config, input_channels(config.data.modalities))
-        cost[index] = sum(p.numel() for p in model.parameters()) * model.num_tokens * config.train.epochs
+        shape = model_shape(config)
+        cost[index] = shape.parameters * shape.tokens * config.train.epochs
     return sorted(todo, key=lambda point: -cost[point[0]])
 
 
@@ -145,6 +141,15 @@ def failures(study: optuna.Study) -> list[str]:
             for t in trials if t.state == TrialState.FAIL
             and not str(t.user_attrs.get("error", "")).startswith(INTERRUPTED)
             and (t.user_attrs.get("arm"), t.user_attrs.get("seed")) not in complete]
+
+
+def _runtime_env(address: str, settings: dict[str, str]) -> dict | None:
+    import os as _os
+
+    env = {} if _os.environ.get("MMVIT_NO_PRELOAD") else {"worker_process_setup_hook": "mmvit.study.trial.preload"}
+    if settings and address != "local":
+        env["env_vars"] = settings
+    return env or None
 
 
 @contextmanager
@@ -168,7 +173,7 @@ def ray_session(address: str | None, verbose: bool) -> Iterator[None]:
             ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
                      logging_level=logging.INFO if verbose else logging.ERROR,
                      object_store_memory=100 * 2**20 if address == "local" else None,
-                     runtime_env={"env_vars": settings} if settings and address != "local" else None)
+                     runtime_env=_runtime_env(address, settings))
         except (ConnectionError, RuntimeError) as error:
             raise StudyError(
                 f"Cannot join the Ray cluster at {address} ({type(error).__name__}: {str(error).splitlines()[0]}). "

@@ -219,11 +219,8 @@ def _check_dotted(key: str, where: tuple) -> None:
 
 def _check_arm(spec: StudySpec, config: TrialConfig, arm: Arm) -> None:
     """Build the arm's model on the meta device: shape rules fail here, not after hours."""
-    import torch
-
-    from mmvit.data.bands import input_channels
     from mmvit.models import hyperparameters
-    from mmvit.train.loop import build_model
+    from mmvit.study.shapes import model_shape
 
     own = hyperparameters(config.model.fusion)
     for key in (*arm.settings, *(spec.search.params if spec.search else ())):
@@ -232,8 +229,7 @@ def _check_arm(spec: StudySpec, config: TrialConfig, arm: Arm) -> None:
             raise _Located(_where_arm(spec, arm, key) if key in arm.settings else ("search", "params", key),
                            f"{key} does not apply to model {config.model.fusion!r} (arm {arm.name}): "
                            f"it takes {', '.join(own)}. Remove the axis or the arm.")
-    with torch.device("meta"):
-        build_model(config, input_channels(config.data.modalities))
+    model_shape(config)
 
 
 def _where_arm(spec: StudySpec, arm: Arm, key: str | None = None) -> tuple:

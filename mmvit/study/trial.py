@@ -139,6 +139,16 @@ def placement() -> dict[str, Any]:
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 
+def preload() -> None:
+    """Ray worker set-up hook: import what a trial needs while the driver is still preparing,
+    so the first trials do not start with seconds of imports."""
+    import torch  # noqa: F401
+    from ray import tune  # noqa: F401
+
+    import mmvit.data.loader  # noqa: F401
+    import mmvit.train.loop  # noqa: F401
+
+
 def run_trial(config: dict[str, Any], job: StudyJob) -> None:
     """Ray Tune function trainable. ``config["point"]``: ``arm`` (index), ``seed``, ``params`` (searched
     values or None), ``search`` ([study name, Optuna trial id] for a search trial, else None)."""
