@@ -262,8 +262,9 @@ def run(
                       f"resume from their last epoch checkpoint when you run the same command again.")
         raise typer.Exit(130) from None
     searched = f", {summary.search_trials} search trial(s)" if summary.search_trials else ""
+    others = f", {summary.by_others} by another driver" if summary.by_others else ""
     console.print(f"{summary.planned} trial(s) planned: {summary.already_done} already done, "
-                  f"{summary.ran} run now{searched}, {len(summary.failed)} failed · {summary.seconds:,.0f} s")
+                  f"{summary.ran} run now{others}{searched}, {len(summary.failed)} failed · {summary.seconds:,.0f} s")
     for line in summary.failed:
         console.print(f"  failed: {line}", highlight=False)
     for arm in summary.unsearched_arms:

@@ -4,6 +4,7 @@ trials for a dead driver's, both return with the study complete."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -77,6 +78,9 @@ def test_two_drivers_on_one_study_run_every_point_once(backend, request, tmp_pat
     assert not any("its driver stopped" in str(t.user_attrs.get("error")) for t in trials), \
         "no driver took the other's live trials for a dead driver's"
     assert "waiting for them" in outputs[0] + outputs[1], "the driver that ran out of work waited for the other"
+    for output in outputs:  # each summary accounts for every point: before it, by it, by the other
+        counts = re.search(r"planned: (\d+) already done, (\d+) run now, (\d+) by another driver", output)
+        assert counts and sum(map(int, counts.groups())) == 8, output
     # Each returned with the study complete: its last report has every arm's seed.
     for name in ("first", "second"):
         page = (tmp_path / f"reports-{name}" / NAME / "index.html").read_text()

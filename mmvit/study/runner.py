@@ -49,6 +49,8 @@ class RunSummary:
     search_trials: int = 0
     unsearched_arms: tuple[str, ...] = ()
     report: Path | None = None
+    by_others: int = 0
+    """Final trials another driver on the same study completed while this one ran."""
 
 
 def resolve_data(data: str | None, spec: StudySpec, profile: str | None) -> tuple[str | None, str, str]:
@@ -351,9 +353,11 @@ def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str |
             else:
                 break
     ran = finished_by(study, job.driver)
-    failed = failures(study)
-    return RunSummary(planned, already_done or 0, ran, failed, time.time() - started, released,
-                      searched, tuple(unsearched), live_report.index if live_report else None)
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    by_others = sum(1 for t in complete if t.user_attrs.get("driver") != job.driver) - (already_done or 0)
+    return RunSummary(planned, already_done or 0, ran, failures(study), time.time() - started, released,
+                      searched, tuple(unsearched), live_report.index if live_report else None,
+                      max(0, by_others))
 
 
 def concurrency(spec: StudySpec) -> int:
