@@ -145,8 +145,14 @@ def preload() -> None:
     import torch  # noqa: F401
     from ray import tune  # noqa: F401
 
+    import gc
+
     import mmvit.data.loader  # noqa: F401
     import mmvit.train.loop  # noqa: F401
+
+    # Everything imported lives as long as the worker: keep it out of the collections that
+    # release_memory runs after every trial (a full collection: 0.25 s → 0.035 s per trial).
+    gc.freeze()
 
 
 def run_trial(config: dict[str, Any], job: StudyJob) -> None:
