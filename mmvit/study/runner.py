@@ -145,15 +145,6 @@ def failures(study: optuna.Study) -> list[str]:
             and (t.user_attrs.get("arm"), t.user_attrs.get("seed")) not in complete]
 
 
-def _runtime_env(address: str, settings: dict[str, str]) -> dict | None:
-    import os as _os
-
-    env = {} if _os.environ.get("MMVIT_NO_PRELOAD") else {"worker_process_setup_hook": "mmvit.study.trial.preload"}
-    if settings and address != "local":
-        env["env_vars"] = settings
-    return env or None
-
-
 @contextmanager
 def ray_session(address: str | None, verbose: bool) -> Iterator[None]:
     """Join ``address`` or start a lean local Ray (no dashboard, small object store)."""
@@ -175,7 +166,7 @@ def ray_session(address: str | None, verbose: bool) -> Iterator[None]:
             ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
                      logging_level=logging.INFO if verbose else logging.ERROR,
                      object_store_memory=100 * 2**20 if address == "local" else None,
-                     runtime_env=_runtime_env(address, settings))
+                     runtime_env={"env_vars": settings} if settings and address != "local" else None)
         except (ConnectionError, RuntimeError) as error:
             raise StudyError(
                 f"Cannot join the Ray cluster at {address} ({type(error).__name__}: {str(error).splitlines()[0]}). "
