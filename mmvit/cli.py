@@ -305,7 +305,7 @@ def status(
     metric = loaded.user_attrs.get("spec", {}).get("metric", "ap_macro")
     from rich import box
 
-    table = Table("arm", "seed", "state", "epochs", "val", "AP micro", "AP macro", "F2", "HL",
+    table = Table("arm", "seed", "state", "epochs", "val", "AP micro", "AP macro", "F2", "HL", "host",
                   title=f"{study} ({loaded.user_attrs.get('profile', '?')} profile)", box=box.SIMPLE_HEAD,
                   padding=(0, 1), caption=f"val: validation {metric}; AP micro … HL: test split at the "
                                           "best validation epoch")
@@ -316,5 +316,6 @@ def status(
         test = trial.user_attrs.get("test", {})
         table.add_row(str(trial.user_attrs.get("arm")), str(trial.user_attrs.get("seed")), trial.state.name,
                       str(len(trial.user_attrs.get("history", []))), fmt(trial.value),
-                      *(fmt(test.get(k)) for k in ("ap_micro", "ap_macro", "f2", "hamming_loss")))
+                      *(fmt(test.get(k)) for k in ("ap_micro", "ap_macro", "f2", "hamming_loss")),
+                      str(trial.user_attrs.get("host", "—")))  # on a cluster: where it runs or ran
     console.print(table)

@@ -147,6 +147,10 @@ def test_status_shows_the_grid(ray_session, tmp_path, demo_root):
     shown = CliRunner().invoke(app, ["status", "shown", "--studies-dir", str(tmp_path / "studies")],
                                env={"COLUMNS": "160"})
     assert shown.exit_code == 0 and shown.output.count("COMPLETE") == 2
+    import socket
+
+    rows = [line.split() for line in shown.output.splitlines() if "COMPLETE" in line]
+    assert [row[-1] for row in rows] == [socket.gethostname()] * 2, "each trial's host"
     missing = CliRunner().invoke(app, ["status", "nothing", "--studies-dir", str(tmp_path / "studies")])
     assert missing.exit_code == 1 and "No study 'nothing'" in missing.output
     assert (tmp_path / "reports" / "shown" / "index.html").is_file(), "run writes the report"
