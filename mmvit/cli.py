@@ -250,7 +250,7 @@ def run(
     from mmvit.study.spec import load_spec
     from mmvit.study.storage import redact, storage_url
 
-    name = load_spec(file).study
+    name = load_spec(file, check_models=False).study  # run_study checks the models
     where = redact(storage_url(name, studies_dir, storage))
     try:
         summary = run_study(file, studies_dir=studies_dir, storage=storage,

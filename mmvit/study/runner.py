@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from contextlib import contextmanager, nullcontext
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -294,24 +295,32 @@ def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str |
     waits for them (taking a trial over if its driver stops) so it returns with the study done."""
     started = time.time()
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
-    spec = load_spec(path)
+    spec = load_spec(path, check_models=False)  # the schema at once; the models while Ray starts
     data_root, archive, profile = resolve_data(data, spec, profile)
     url = storage_url(spec.study, studies_dir, storage)
     log.info("Study %s in %s", spec.study, redact(url))
-    study, additions = ensure_study(open_storage(url), spec, source=str(path), archive=archive, profile=profile)
-    if additions:
-        log.warning("The study grows by %s.", ", ".join(additions))
-    root = resolve_root(storage_path, studies_dir)
-    job = StudyJob(spec, url, profile, data_root, join(root, spec.study, "checkpoints"), spec.arms,
-                   driver=new_driver_id(), ray_results=join(root, spec.study, "ray"))
-    record_identity(study, job)
-    seeds = profile_plan(spec, profile)[0]
-    planned = len(job.arms) * len(seeds)
-    from mmvit.study.live_report import LiveReport
+    with ExitStack() as session:
+        # Importing torch and timm and building each arm's model on the meta device takes as long
+        # as starting Ray: do both at once (ray.init must stay on the main thread).
+        checked = session.enter_context(ThreadPoolExecutor(1, thread_name_prefix="mmvit-spec")).submit(load_spec, path)
+        session.enter_context(ray_session(address, verbose))
+        spec = checked.result()
+        study, additions = ensure_study(open_storage(url), spec, source=str(path), archive=archive, profile=profile)
+        if additions:
+            log.warning("The study grows by %s.", ", ".join(additions))
+        root = resolve_root(storage_path, studies_dir)
+        job = StudyJob(spec, url, profile, data_root, join(root, spec.study, "checkpoints"), spec.arms,
+                       driver=new_driver_id(), ray_results=join(root, spec.study, "ray"))
+        record_identity(study, job)
+        seeds = profile_plan(spec, profile)[0]
+        planned = len(job.arms) * len(seeds)
+        from mmvit.study.live_report import LiveReport
 
-    live_report = LiveReport(url, spec.study, reports_dir / spec.study) if reports_dir else None
-    searched, released, already_done, unsearched, told_waiting = 0, 0, None, [], False
-    with ray_session(address, verbose), _live_view(job, console), live_report or nullcontext():
+        live_report = LiveReport(url, spec.study, reports_dir / spec.study) if reports_dir else None
+        searched, released, already_done, unsearched, told_waiting = 0, 0, None, [], False
+        session.enter_context(_live_view(job, console))
+        if live_report:
+            session.enter_context(live_report)
         check_resources(spec)
         warn_unshared(storage_path)
         while True:

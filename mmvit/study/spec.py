@@ -312,7 +312,7 @@ def _validate_grid_search(search: Search) -> None:
                        f"which would run points twice; set trials_per_arm: {points}.")
 
 
-def _validate(spec: StudySpec) -> None:
+def _validate(spec: StudySpec, check_models: bool = True) -> None:
     _validate_ablate(spec.ablate)
     if spec.search and spec.search.sampler == "grid":
         _validate_grid_search(spec.search)
@@ -336,14 +336,17 @@ def _validate(spec: StudySpec) -> None:
         except SpecError as error:
             raise _Located(_where_arm(spec, arm), str(error)) from None
         try:
-            _check_arm(spec, config, arm)
+            if check_models:
+                _check_arm(spec, config, arm)
         except SpecError as error:
             raise _Located(_where_arm(spec, arm), f"arm {arm.name}: {error}") from None
     _validate_reference(spec)
 
 
-def parse_spec(text: str, source: str = "<string>") -> StudySpec:
-    """Validate study YAML; a SpecError names ``source:line``, the field and the fix."""
+def parse_spec(text: str, source: str = "<string>", *, check_models: bool = True) -> StudySpec:
+    """Validate study YAML; a SpecError names ``source:line``, the field and the fix.
+    ``check_models=False`` skips building each arm's model on the meta device (the torch and
+    timm imports take seconds), for a caller that checks them later."""
     try:
         raw = yaml.safe_load(text)
         lines = _line_index(text)
@@ -357,7 +360,7 @@ def parse_spec(text: str, source: str = "<string>") -> StudySpec:
                         f"{type(raw).__name__}. Start from a file in search_spaces/.")
     try:
         spec = StudySpec.model_validate(raw)
-        _validate(spec)
+        _validate(spec, check_models)
     except ValidationError as error:
         item = error.errors()[0]
         line = _line_of(lines, item["loc"])
@@ -369,10 +372,10 @@ def parse_spec(text: str, source: str = "<string>") -> StudySpec:
     return spec
 
 
-def load_spec(path: str | Path) -> StudySpec:
+def load_spec(path: str | Path, *, check_models: bool = True) -> StudySpec:
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as error:
         raise SpecError(f"Cannot read the study file {path}: {error.strerror}. Check the path.") from None
-    return parse_spec(text, str(path))
+    return parse_spec(text, str(path), check_models=check_models)
