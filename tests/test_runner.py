@@ -239,3 +239,22 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(ray_session, tmp_path
     retried = run_study(path, **kwargs, retry_failed=True)
     assert (retried.ran, retried.failed) == (1, [])
     assert open_archive(root).root == root
+
+
+def test_a_trial_that_fails_before_reaching_storage_is_reported_not_retried_forever(ray_session, tmp_path,
+                                                                                      demo_root, monkeypatch):
+    """A worker that cannot reach the database leaves no trial behind: the driver must neither
+    loop on the point nor stay silent about it."""
+    import mmvit.study.runner as runner
+
+    def unreachable(config, job):  # pickled by value: runs in the Ray worker as it is
+        raise ConnectionError("could not connect to server: dbhost:5432")
+
+    monkeypatch.setattr(runner, "run_trial", unreachable)
+    path = tmp_path / "grid.yaml"
+    path.write_text(SPEC.replace("study: grid", "study: unreachable").replace("seeds: [0, 1]", "seeds: [0]"))
+    summary = run_study(path, studies_dir=tmp_path / "studies", data=str(demo_root), profile="quick",
+                        reports_dir=None)
+    assert summary.ran == 0 and len(summary.failed) == 2, summary
+    assert all("ConnectionError: could not connect to server: dbhost:5432 (before the trial reached the study "
+               "storage" in line for line in summary.failed), summary.failed

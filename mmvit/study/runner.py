@@ -146,6 +146,25 @@ def failures(study: optuna.Study) -> list[str]:
             and (t.user_attrs.get("arm"), t.user_attrs.get("seed")) not in complete]
 
 
+def failed_before_storage(grid, job: StudyJob, study: optuna.Study) -> dict[tuple[str, int], str]:
+    """Final trials that raised before they had a trial in storage (a node that cannot reach the
+    database, say): ``(arm, seed) → error``. They are not run again by this driver — the loop
+    would retry them forever — and the summary names them."""
+    stored = {(t.user_attrs.get("arm"), t.user_attrs.get("seed")) for t in study.get_trials(deepcopy=False)
+              if t.user_attrs.get("driver") == job.driver}
+    out = {}
+    for result in grid:
+        point = (result.config or {}).get("point")
+        if result.error is None or point is None:
+            continue
+        key = (job.arms[point["arm"]].name, point["seed"])
+        if key not in stored:
+            error = getattr(result.error, "cause", None) or result.error
+            out[key] = (f"{type(error).__name__}: {str(error).strip().splitlines()[-1]} "
+                        "(before the trial reached the study storage; run again to retry)")
+    return out
+
+
 @contextmanager
 def ray_session(address: str | None, verbose: bool) -> Iterator[None]:
     """Join ``address`` or start a lean local Ray (no dashboard, small object store)."""
@@ -318,6 +337,7 @@ def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str |
 
         live_report = LiveReport(url, spec.study, reports_dir / spec.study) if reports_dir else None
         searched, released, already_done, unsearched, told_waiting = 0, 0, None, [], False
+        unrecorded: dict[tuple[str, int], str] = {}  # points whose trial failed before it reached storage
         session.enter_context(_live_view(job, console))
         if live_report:
             session.enter_context(live_report)
@@ -334,13 +354,15 @@ def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str |
             todo, elsewhere, done = remaining_points(study, job.arms, seeds, retry_failed=retry_failed)
             already_done = done if already_done is None else already_done
             retry_failed = False  # once per run: a point that fails again is left for the next run
-            todo = [(i, seed) for i, seed in todo if not spec.search or i in params]
+            todo = [(i, seed) for i, seed in todo if (not spec.search or i in params)
+                    and (job.arms[i].name, seed) not in unrecorded]
             if todo:
                 todo = longest_first(job, todo, params)
                 points = [{"arm": i, "seed": seed, "params": params.get(i), "search": None} for i, seed in todo]
                 from ray import tune
 
-                _tuner(job, "final", verbose, param_space={"point": tune.grid_search(points)}).fit()
+                grid = _tuner(job, "final", verbose, param_space={"point": tune.grid_search(points)}).fit()
+                unrecorded.update(failed_before_storage(grid, job, study))
                 released = release_own(study, job.driver)
                 if released:
                     break
@@ -355,7 +377,8 @@ def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str |
     ran = finished_by(study, job.driver)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     by_others = sum(1 for t in complete if t.user_attrs.get("driver") != job.driver) - (already_done or 0)
-    return RunSummary(planned, already_done or 0, ran, failures(study), time.time() - started, released,
+    failed = failures(study) + [f"{arm} seed {seed}: {error}" for (arm, seed), error in unrecorded.items()]
+    return RunSummary(planned, already_done or 0, ran, failed, time.time() - started, released,
                       searched, tuple(unsearched), live_report.index if live_report else None,
                       max(0, by_others))
 
