@@ -24,8 +24,7 @@ from optuna.trial import TrialState
 
 from mmvit.config import TrialConfig
 from mmvit.study.arms import Arm, ablated_keys
-from mmvit.study import claims
-from mmvit.study.claims import Heartbeats, claim
+from mmvit.study.claims import HEARTBEAT_S, Heartbeats, claim
 from mmvit.study.shared_path import join, trial_checkpoints
 from mmvit.study.spec import StudySpec
 from mmvit.study.storage import open_storage
@@ -174,7 +173,7 @@ def run_trial(config: dict[str, Any], job: StudyJob) -> None:
     storage = open_storage(job.url)
     arm = job.arms[arm_index]
     attrs = {**placement(), "arm": arm.name, "arm_index": arm_index, "seed": seed, "driver": job.driver,
-             "heartbeat_s": claims.HEARTBEAT_S,
+             "heartbeat_s": HEARTBEAT_S,
              "phase": "search" if point.get("search") else "final",
              "config": config.model_dump(mode="json"), "config_key": config_key(config)}
     if params:
@@ -190,7 +189,8 @@ def run_trial(config: dict[str, Any], job: StudyJob) -> None:
         trial_id = claim(study, attrs)
         if trial_id is None:  # COMPLETE, or another driver's live trial runs it
             return
-    with Heartbeats(storage, (trial_id,)):
+    # A search trial's heartbeat comes from the driver that asked it (from ask to tell).
+    with Heartbeats(storage, (trial_id,) if study is not None else ()):
         _train_and_record(config, job, storage, study, trial_id)
 
 
