@@ -272,9 +272,10 @@ def run(
     console.print(f"storage: {where} — see `mmvit-study status {name}`")
     if summary.report:
         console.print(f"report: {summary.report}", highlight=False)
-    if summary.interrupted:
-        console.print(f"Interrupted: {summary.interrupted} trial(s) stopped; they resume from their last "
-                      "epoch checkpoint when you run the same command again.")
+    if summary.interrupted or summary.stopped:
+        console.print(f"Interrupted: {summary.interrupted} running trial(s) stopped; {summary.left} of "
+                      f"{summary.planned} planned trial(s) still to do. Run the same command again: stopped "
+                      "trials resume from their last epoch checkpoint.")
         raise typer.Exit(130)
 
 

@@ -66,13 +66,14 @@ def _trials(tmp_path: Path, name: str):
 
 
 def _wait_mid_study(tmp_path: Path, name: str, process: subprocess.Popen, timeout: float = 180):
-    """Until one trial is COMPLETE and another RUNNING has finished an epoch."""
+    """Until one trial is COMPLETE and another RUNNING has finished an epoch but is far from its
+    last (one about to finish may complete before the stop reaches it)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         assert process.poll() is None, process.stdout.read()
         trials = _trials(tmp_path, name)
         if any(t.state == TrialState.COMPLETE for t in trials) and any(
-                t.state == TrialState.RUNNING and len(t.user_attrs.get("history", [])) >= 1 for t in trials):
+                t.state == TrialState.RUNNING and 1 <= len(t.user_attrs.get("history", [])) <= 6 for t in trials):
             return trials
         time.sleep(0.3)
     pytest.fail("the study never reached the middle")
@@ -131,6 +132,7 @@ def test_ctrl_c_stops_gracefully_and_the_same_command_resumes(tmp_path, demo_roo
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 130, output
     assert "Interrupted:" in output and "resume from their last epoch checkpoint" in output
+    assert "Press Ctrl-C again to stop at once" in output, "the first Ctrl-C says what a second one does"
     assert "Traceback" not in output
     before = _trials(tmp_path, "stopped")
     assert not any(t.state == TrialState.RUNNING for t in before), "a graceful stop leaves nothing RUNNING"

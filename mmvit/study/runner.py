@@ -33,6 +33,7 @@ from mmvit.study.claims import HEARTBEAT_S, INTERRUPTED, Heartbeats, fail_stale,
 from mmvit.study.shared_path import join, resolve_root
 from mmvit.study.search import best_params, prepare_arm_search, search_study_name
 from mmvit.study.spec import StudySpec, load_spec
+from mmvit.study.stopping import StopRequest
 from mmvit.study.storage import ensure_study, open_storage, redact, storage_url
 from mmvit.study.trial import PROFILES, QUICK_PROFILE, StudyJob, config_key, profile_plan, run_trial  # noqa: F401
 
@@ -52,6 +53,10 @@ class RunSummary:
     report: Path | None = None
     by_others: int = 0
     """Final trials another driver on the same study completed while this one ran."""
+    left: int = 0
+    """Planned final trials neither complete nor failed when this driver returned (Ctrl-C)."""
+    stopped: bool = False
+    """The user stopped this run (Ctrl-C) before the study was done."""
 
 
 def resolve_data(data: str | None, spec: StudySpec, profile: str | None) -> tuple[str | None, str, str]:
@@ -343,12 +348,13 @@ def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str |
             session.enter_context(live_report)
         check_resources(spec)
         warn_unshared(storage_path)
-        while True:
+        stop = session.enter_context(StopRequest())
+        while not stop.requested:
             params, busy = {}, set()
             if spec.search:
                 ran_now, released = run_search(job, retry_failed, verbose)
                 searched += ran_now
-                if released:
+                if released or stop.requested:
                     break
                 params, busy, unsearched = searched_parameters(job)
             todo, elsewhere, done = remaining_points(study, job.arms, seeds, retry_failed=retry_failed)
@@ -371,16 +377,17 @@ def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str |
                     log.warning("Another driver runs %d trial(s) of this study: waiting for them (their "
                                 "trials are taken over if that driver stops).", len(elsewhere) + len(busy))
                     told_waiting = True
-                time.sleep(HEARTBEAT_S)
+                stop.sleep(HEARTBEAT_S)
             else:
                 break
     ran = finished_by(study, job.driver)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     by_others = sum(1 for t in complete if t.user_attrs.get("driver") != job.driver) - (already_done or 0)
     failed = failures(study) + [f"{arm} seed {seed}: {error}" for (arm, seed), error in unrecorded.items()]
+    left = max(0, planned - len({(t.user_attrs.get("arm"), t.user_attrs.get("seed")) for t in complete}) - len(failed))
     return RunSummary(planned, already_done or 0, ran, failed, time.time() - started, released,
                       searched, tuple(unsearched), live_report.index if live_report else None,
-                      max(0, by_others))
+                      max(0, by_others), left, stop.requested and left > 0)
 
 
 def concurrency(spec: StudySpec) -> int:
