@@ -187,9 +187,10 @@ def bench_study(
     epochs: Annotated[int, typer.Option(help="Epochs per trial (longer trials hide fixed costs).")] = 6,
     cpu: Annotated[float, typer.Option(help="CPUs per trial.")] = 1.0,
     data: Annotated[Optional[Path], typer.Option(help="Archive root (default: the demo archive).")] = None,
+    floor: Annotated[bool, typer.Option(help="Also run bare Ray Tune with the same trial times (the floor).")] = True,
 ) -> None:
     """Wall time of a 12-trial study against Σ trial time ÷ concurrency (the runner's overhead)."""
-    from mmvit.bench.study import run_study_benchmark
+    from mmvit.bench.study import run_study_benchmark, run_tune_floor
 
     result = run_study_benchmark(epochs=epochs, cpu=cpu, data=str(data) if data else None)
     trial = result.trial_s
@@ -200,6 +201,11 @@ def bench_study(
                   f"(target ≤ 1.05)\nfirst trial started after {result.first_start_s:.1f} s; "
                   f"end of the last trial to exit {result.tail_s:.1f} s; Σ storage/set-up time "
                   f"inside trials beyond their own {result.gaps_s:.1f} s", highlight=False)
+    if floor:
+        bare = run_tune_floor(trial, result.concurrency)
+        console.print(f"baseline, bare Ray Tune with the same trial times (import torch+timm, sleep): wall "
+                      f"{bare:.1f} s → ratio {bare / result.ideal_s:.3f}; the study runner takes "
+                      f"{result.wall_s / bare:.3f}× that", highlight=False)
 
 
 @app.command("validate")

@@ -3,10 +3,15 @@
 ideal = Σ (each trial's own wall time, from storage) ÷ concurrency; ratio = study wall ÷ ideal.
 Everything the runner adds — Ray start, scheduling, storage writes, actor start-up, the tail
 where fewer trials than slots are left — shows up in the ratio (1.00 = no overhead).
+
+The baseline beside it is bare Ray Tune given the same trial durations: trials that only import
+what a real trial imports (torch, timm) and sleep for as long as the study's trials trained.
+What Ray and the imports cost is the floor of any runner built on Ray Tune; the rest is ours.
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from dataclasses import dataclass
@@ -78,3 +83,31 @@ def run_study_benchmark(epochs: int = 6, cpu: float = 1.0, data: str | None = No
         gaps = sum(end - start - w for start, end, w in zip(starts, ends, own))
         return StudyBenchmark(len(trials), slots, wall, own, min(starts) - epoch_started,
                               epoch_started + wall - max(ends), gaps)
+
+
+def _sleeping_trial(config: dict) -> None:
+    import timm.layers  # noqa: F401 — what every real trial imports before it trains (torch with it)
+    from ray import tune
+
+    time.sleep(config["seconds"])
+    tune.report({"slept": config["seconds"]})
+
+
+def run_tune_floor(seconds: list[float], concurrency: int) -> float:
+    """Wall time of bare Ray Tune (a lean local start, ``concurrency`` one-CPU slots, actors
+    reused, longest first) running trials that import torch and timm and sleep ``seconds``."""
+    import ray
+    from ray import tune
+
+    started = time.perf_counter()
+    ray.init(address="local", num_cpus=concurrency, include_dashboard=False, log_to_driver=False,
+             logging_level=logging.ERROR, object_store_memory=100 * 2**20)
+    try:
+        with tempfile.TemporaryDirectory(prefix="mmvit-bench-floor-") as folder:
+            tune.Tuner(tune.with_resources(_sleeping_trial, {"cpu": 1}),
+                       param_space={"seconds": tune.grid_search(sorted(seconds, reverse=True))},
+                       tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True),
+                       run_config=tune.RunConfig(storage_path=folder, verbose=0)).fit()
+    finally:
+        ray.shutdown()
+    return time.perf_counter() - started
