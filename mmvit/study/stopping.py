@@ -40,7 +40,8 @@ class StopRequest:
     def __exit__(self, *exc) -> None:
         if not self._installed:
             return
-        signal.signal(signal.SIGINT, self._previous)
+        if self._previous is not None:  # None: a handler installed outside Python, nothing to restore
+            signal.signal(signal.SIGINT, self._previous)
         if self._tune_setting is None:
             os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
         else:
