@@ -7,6 +7,7 @@ as a message with exit code 1 — never as a traceback.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -44,10 +45,24 @@ RootArg = Annotated[Optional[Path], typer.Argument(
          "BigEarthNet-S1/, metadata.parquet). Default: the demo archive.")]
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time: while the live view runs, rich puts a proxy
+    there that prints above the table — a handler holding the original stream would be drawn over."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    handler = _CurrentStderr()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
 
 
 def _root(root: Path | None) -> Path:
@@ -306,6 +321,7 @@ def status(
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL.")] = None,
 ) -> None:
     """The arms × seeds table of a study, from storage."""
+    from mmvit.study.claims import state_label
     from mmvit.study.runner import status_rows
 
     loaded, trials = status_rows(study, studies_dir=studies_dir, storage=storage)
@@ -321,7 +337,7 @@ def status(
     fmt = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
     for trial in trials:
         test = trial.user_attrs.get("test", {})
-        table.add_row(str(trial.user_attrs.get("arm")), str(trial.user_attrs.get("seed")), trial.state.name,
+        table.add_row(str(trial.user_attrs.get("arm")), str(trial.user_attrs.get("seed")), state_label(trial),
                       str(len(trial.user_attrs.get("history", []))), fmt(trial.value),
                       *(fmt(test.get(k)) for k in ("ap_micro", "ap_macro", "f2", "hamming_loss")),
                       str(trial.user_attrs.get("host", "—")))  # on a cluster: where it runs or ran

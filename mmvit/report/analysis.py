@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from mmvit.report.records import LOWER_IS_BETTER, METRICS, ArmRecord, StudyRecord, TrialRecord
+from mmvit.report.records import INTERRUPTED, LOWER_IS_BETTER, METRICS, ArmRecord, StudyRecord, TrialRecord
 from mmvit.report.stats import PairedTest, Summary, paired_tests, summarize
 
 
@@ -77,7 +77,7 @@ def _missing(record: StudyRecord, arm: str, planned: list[int], complete: dict[i
         elif trial.state == "FAIL":
             lines = (trial.error or "").strip().splitlines()
             error = lines[0][:160] if lines else "no error recorded"
-            out.append(MissingSeed(seed, "interrupted" if error.startswith("interrupted") else "failed", error))
+            out.append(MissingSeed(seed, "interrupted" if error.startswith(INTERRUPTED) else "failed", error))
         else:
             out.append(MissingSeed(seed, trial.state.lower()))
     return out

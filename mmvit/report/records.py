@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from mmvit.errors import StudyError
+from mmvit.study.claims import INTERRUPTED  # noqa: F401  (the report's readers take it from here)
 from mmvit.study.storage import open_storage, redact
 
 if TYPE_CHECKING:
@@ -37,7 +38,6 @@ METRIC_NAMES: dict[str, str] = {"ap_micro": "AP micro", "ap_macro": "AP macro", 
 LOWER_IS_BETTER: frozenset[str] = frozenset({"hamming_loss"})
 """Metrics where less is better (a copy of the training code's table, which imports torch's package)."""
 
-INTERRUPTED = "interrupted"
 
 
 def as_float(value: Any) -> float:

@@ -31,6 +31,16 @@ HEARTBEAT_S = max(1, int(os.environ.get("MMVIT_HEARTBEAT_S", "5")))
 GRACE_S = 4 * HEARTBEAT_S  # no heartbeat for this long: the trial's driver (or worker) is gone
 
 
+def was_interrupted(trial: FrozenTrial) -> bool:
+    """FAIL only because its driver stopped (Ctrl-C, a kill): not a failure, it runs again."""
+    return trial.state == TrialState.FAIL and str(trial.user_attrs.get("error", "")).startswith(INTERRUPTED)
+
+
+def state_label(trial: FrozenTrial) -> str:
+    """The state to show a person: INTERRUPTED apart from real failures."""
+    return "INTERRUPTED" if was_interrupted(trial) else trial.state.name
+
+
 def new_driver_id() -> str:
     """``host:pid:random`` — readable in ``status``, unique across hosts and restarts."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

@@ -16,6 +16,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from mmvit.study.claims import was_interrupted
 from mmvit.study.storage import open_storage, redact
 
 
@@ -45,7 +46,7 @@ def snapshot(url: str, study_name: str, seeds: int, better) -> Snapshot:
 
     def add(trial, counter_of) -> None:
         arm = arms.get(trial.user_attrs.get("arm"))
-        if arm is None:
+        if arm is None or was_interrupted(trial):  # not a failure: the point runs again
             return
         counter_of(arm)[trial.state.name] += 1
         if trial.state == TrialState.COMPLETE and trial.value is not None:

@@ -29,7 +29,8 @@ from optuna.trial import TrialState
 from mmvit.errors import SpecError, StudyError
 from mmvit.study.arms import Arm
 from mmvit.study.cluster import use_cluster_token
-from mmvit.study.claims import HEARTBEAT_S, INTERRUPTED, Heartbeats, fail_stale, live_running, new_driver_id, release_own
+from mmvit.study.claims import (HEARTBEAT_S, Heartbeats, fail_stale, live_running, new_driver_id, release_own,
+                                 was_interrupted)
 from mmvit.study.shared_path import join, resolve_root
 from mmvit.study.search import best_params, prepare_arm_search, search_study_name
 from mmvit.study.spec import StudySpec, load_spec
@@ -114,7 +115,7 @@ def remaining_points(study: optuna.Study, arms: list[Arm], seeds: list[int], *,
         if trial.state == TrialState.COMPLETE:
             done.add(point)
         elif trial.state == TrialState.FAIL and not retry_failed and \
-                not str(trial.user_attrs.get("error", "")).startswith(INTERRUPTED):
+                not was_interrupted(trial):
             failed.add(point)
     running = {(t.user_attrs.get("arm"), t.user_attrs.get("seed")) for t in live_running(study)}
     todo, elsewhere = [], []
@@ -147,7 +148,7 @@ def failures(study: optuna.Study) -> list[str]:
     complete = {(t.user_attrs.get("arm"), t.user_attrs.get("seed")) for t in trials if t.state == TrialState.COMPLETE}
     return [f"{t.user_attrs.get('arm')} seed {t.user_attrs.get('seed')}: {t.user_attrs.get('error')}"
             for t in trials if t.state == TrialState.FAIL
-            and not str(t.user_attrs.get("error", "")).startswith(INTERRUPTED)
+            and not was_interrupted(t)
             and (t.user_attrs.get("arm"), t.user_attrs.get("seed")) not in complete]
 
 
@@ -288,7 +289,7 @@ def finished_by(study: optuna.Study, driver: str) -> int:
     """Trials ``driver`` ran to an end of their own (COMPLETE, PRUNED, or failed for real)."""
     return sum(1 for t in study.get_trials(deepcopy=False)
                if t.user_attrs.get("driver") == driver and t.state.is_finished()
-               and not str(t.user_attrs.get("error", "")).startswith(INTERRUPTED))
+               and not was_interrupted(t))
 
 
 def searched_parameters(job: StudyJob) -> tuple[dict[int, dict], set[int], list[str]]:
