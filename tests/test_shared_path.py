@@ -40,6 +40,24 @@ def test_uri_checkpoints_are_published_and_fetched_back(tmp_path):
         assert list(folder.iterdir()) == [], "a new configuration starts empty"
 
 
+def test_a_file_uri_is_published_through_a_temporary_name(tmp_path, monkeypatch):
+    """A kill in the middle of publishing must not leave last.pt cut short: each file is copied to
+    a .partial name and renamed over the old one."""
+    import pyarrow.fs
+
+    written = []
+    real_copy = pyarrow.fs.copy_files
+    monkeypatch.setattr(pyarrow.fs, "copy_files",
+                        lambda source, destination, **kw: written.append(destination) or real_copy(source, destination, **kw))
+    uri = f"file://{tmp_path}/bucket/abc"
+    with trial_checkpoints(uri) as (folder, publish):
+        (folder / "last.pt").write_bytes(b"epoch 1")
+        (folder / "best.pt").write_bytes(b"epoch 1")
+        publish()
+    assert written and all(path.endswith(".partial") for path in written), written
+    assert sorted(p.name for p in (tmp_path / "bucket/abc").iterdir()) == ["best.pt", "last.pt"]
+
+
 @pytest.mark.parametrize("nodes, storage_path, warned", [(2, None, True), (2, "/shared", False), (1, None, False)])
 def test_a_multi_node_cluster_without_a_shared_path_is_warned(monkeypatch, caplog, nodes, storage_path, warned):
     import ray

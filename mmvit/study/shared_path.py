@@ -60,6 +60,15 @@ def trial_checkpoints(folder: str) -> Iterator[tuple[Path, Callable[[], None]]]:
 
         def publish() -> None:
             remote.create_dir(base, recursive=True)
-            pyarrow.fs.copy_files(staging, base, source_filesystem=local_fs, destination_filesystem=remote)
+            if not isinstance(remote, pyarrow.fs.LocalFileSystem):  # an object is written whole or not at all
+                pyarrow.fs.copy_files(staging, base, source_filesystem=local_fs, destination_filesystem=remote)
+                return
+            # A shared folder (file://): copying over last.pt in place could leave it cut short if the
+            # trial is killed mid-copy, and a resume would then fail to load it. Copy, then rename.
+            for name in sorted(p.name for p in Path(staging).iterdir() if p.is_file()):
+                partial = f"{base}/{name}.partial"
+                pyarrow.fs.copy_files(f"{staging}/{name}", partial, source_filesystem=local_fs,
+                                      destination_filesystem=remote)
+                remote.move(partial, f"{base}/{name}")
 
         yield Path(staging), publish
