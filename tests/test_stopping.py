@@ -98,3 +98,27 @@ def test_a_stop_with_nothing_left_running_ends_the_run(ray_session, tmp_path, de
     assert summary.stopped and summary.left == 3 and summary.interrupted == 0
     study = optuna.load_study(study_name="halted", storage=open_storage(storage_url("halted", tmp_path / "studies")))
     assert study.get_trials() == []
+
+
+def test_a_stop_just_before_a_fit_starts_runs_no_fit(ray_session, tmp_path, demo_root, monkeypatch):
+    """A Ctrl-C while the driver prepares a fit (ordering the points, building the Tuner) has no
+    fit to hear it yet: the driver must not start one afterwards."""
+    import mmvit.study.runner as runner
+
+    fits = []
+
+    class NeverToRun:
+        def fit(self):
+            fits.append(1)
+            return []
+
+    def tuner_after_a_ctrl_c(*args, **kwargs):
+        _ctrl_c()
+        return NeverToRun()
+
+    monkeypatch.setattr(runner, "_tuner", tuner_after_a_ctrl_c)
+    path = tmp_path / "halted.yaml"
+    path.write_text(SPEC)
+    summary = run_study(path, studies_dir=tmp_path / "studies", data=str(demo_root), profile="full",
+                        reports_dir=None)
+    assert fits == [] and summary.stopped and summary.left == 3

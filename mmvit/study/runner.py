@@ -249,7 +249,7 @@ def _tuner(job: StudyJob, phase: str, verbose: bool, **tune_kwargs):
     )
 
 
-def run_search(job: StudyJob, retry_failed: bool, verbose: bool) -> tuple[int, int]:
+def run_search(job: StudyJob, retry_failed: bool, verbose: bool, stop: StopRequest) -> tuple[int, int]:
     """Tune every arm's searched parameters, the budget another driver runs left out. Returns
     (search trials this driver finished, its trials left unfinished: Ctrl-C or a lost worker)."""
     from mmvit.study.search import ArmASHA, ArmSearch
@@ -279,8 +279,11 @@ def run_search(job: StudyJob, retry_failed: bool, verbose: bool) -> tuple[int, i
         for index in budgets:
             scheduler.replay(index, studies[index])
     with Heartbeats(storage) as heartbeats:
-        _tuner(job, "search", verbose, scheduler=scheduler, num_samples=total,
-               search_alg=ArmSearch(job, budgets, stored, heartbeats, per_arm)).fit()
+        tuner = _tuner(job, "search", verbose, scheduler=scheduler, num_samples=total,
+                       search_alg=ArmSearch(job, budgets, stored, heartbeats, per_arm))
+        if stop.requested:  # a Ctrl-C while the arms were prepared: no fit was running to hear it
+            return 0, 0
+        tuner.fit()
     released = sum(release_own(study, job.driver) for study in studies.values())
     return sum(finished_by(study, job.driver) for study in studies.values()), released
 
@@ -353,7 +356,7 @@ def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str |
         while not stop.requested:
             params, busy = {}, set()
             if spec.search:
-                ran_now, released = run_search(job, retry_failed, verbose)
+                ran_now, released = run_search(job, retry_failed, verbose, stop)
                 searched += ran_now
                 if released or stop.requested:
                     break
@@ -368,7 +371,10 @@ def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str |
                 points = [{"arm": i, "seed": seed, "params": params.get(i), "search": None} for i, seed in todo]
                 from ray import tune
 
-                grid = _tuner(job, "final", verbose, param_space={"point": tune.grid_search(points)}).fit()
+                tuner = _tuner(job, "final", verbose, param_space={"point": tune.grid_search(points)})
+                if stop.requested:  # a Ctrl-C since the last check: no fit was running to hear it
+                    break
+                grid = tuner.fit()
                 unrecorded.update(failed_before_storage(grid, job, study))
                 released = release_own(study, job.driver)
                 if released:
