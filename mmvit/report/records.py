@@ -39,7 +39,6 @@ LOWER_IS_BETTER: frozenset[str] = frozenset({"hamming_loss"})
 """Metrics where less is better (a copy of the training code's table, which imports torch's package)."""
 
 
-
 def as_float(value: Any) -> float:
     """A stored number as float; JSON null (how the runner writes NaN) and junk become NaN."""
     try:
