@@ -74,6 +74,12 @@ max_concurrent: 1
 """
 
 
+def _run_halted(tmp_path, demo_root):
+    path = tmp_path / "halted.yaml"
+    path.write_text(SPEC)
+    return run_study(path, studies_dir=tmp_path / "studies", data=str(demo_root), profile="full", reports_dir=None)
+
+
 def test_a_stop_with_nothing_left_running_ends_the_run(ray_session, tmp_path, demo_root, monkeypatch):
     """A Ctrl-C that lands when none of this driver's trials is RUNNING (the last one finished as
     the stop arrived, the next not started) used to go unnoticed: the driver saw points left to
@@ -90,10 +96,7 @@ def test_a_stop_with_nothing_left_running_ends_the_run(ray_session, tmp_path, de
             return []
 
     monkeypatch.setattr(runner, "_tuner", lambda *args, **kwargs: StoppedBeforeAnyTrial())
-    path = tmp_path / "halted.yaml"
-    path.write_text(SPEC)
-    summary = run_study(path, studies_dir=tmp_path / "studies", data=str(demo_root), profile="full",
-                        reports_dir=None)
+    summary = _run_halted(tmp_path, demo_root)
     assert fits == [1]
     assert summary.stopped and summary.left == 3 and summary.interrupted == 0
     study = optuna.load_study(study_name="halted", storage=open_storage(storage_url("halted", tmp_path / "studies")))
@@ -117,8 +120,5 @@ def test_a_stop_just_before_a_fit_starts_runs_no_fit(ray_session, tmp_path, demo
         return NeverToRun()
 
     monkeypatch.setattr(runner, "_tuner", tuner_after_a_ctrl_c)
-    path = tmp_path / "halted.yaml"
-    path.write_text(SPEC)
-    summary = run_study(path, studies_dir=tmp_path / "studies", data=str(demo_root), profile="full",
-                        reports_dir=None)
+    summary = _run_halted(tmp_path, demo_root)
     assert fits == [] and summary.stopped and summary.left == 3

@@ -32,7 +32,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from mmvit.study.claims import INTERRUPTED, Heartbeats, fail_stale, live_running
+from mmvit.study.claims import Heartbeats, fail_stale, live_running, was_interrupted
 from mmvit.study.spec import SearchParam, StudySpec
 from mmvit.study.trial import StudyJob
 
@@ -70,8 +70,7 @@ def counts_as_done(trial: optuna.trial.FrozenTrial, retry_failed: bool) -> bool:
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
     if trial.state == TrialState.FAIL:
-        error = str(trial.user_attrs.get("error", ""))
-        return not (error.startswith(INTERRUPTED) or trial.user_attrs.get("retried") or retry_failed)
+        return not (was_interrupted(trial) or trial.user_attrs.get("retried") or retry_failed)
     return False
 
 
@@ -83,7 +82,7 @@ def prepare_arm_search(study: optuna.Study, retry_failed: bool) -> int:
     again = fail_stale(study)
     if retry_failed:
         again += [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                  if not t.user_attrs.get("retried") and not str(t.user_attrs.get("error", "")).startswith(INTERRUPTED)]
+                  if not t.user_attrs.get("retried") and not was_interrupted(t)]
     for trial in again:
         if trial.params:
             storage.set_trial_user_attr(trial._trial_id, "retried", True)
