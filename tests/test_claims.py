@@ -117,3 +117,37 @@ def test_another_drivers_live_search_trials_use_up_the_arms_budget(study):
     time.sleep(GRACE + 2)  # that driver died
     assert prepare_arm_search(study, retry_failed=False) == 1, "its trial is interrupted and no longer counts"
     assert state(study, other) == TrialState.FAIL
+
+
+def test_of_two_drivers_asking_an_arms_last_search_trial_at_once_the_lower_number_runs(study, monkeypatch):
+    """Both drivers saw one trial of budget left; the one that asked second stands down, so the
+    arm runs `trials_per_arm` trials, not one more."""
+    from mmvit.study import search
+    from mmvit.study.spec import parse_spec
+    from mmvit.study.trial import StudyJob
+
+    spec = parse_spec("study: race\nseeds: [0]\nsearch:\n  trials_per_arm: 2\n  params:\n"
+                      "    train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n", check_models=False)
+    job = StudyJob(spec, study._storage._backend.url, "quick", None, "", spec.arms, driver="driver-2")
+    with claims.Heartbeats(study._storage) as heartbeats:
+        arm_search = search.ArmSearch(job, {0: 1}, {0: 1}, heartbeats, per_arm=2)
+        arm_study = arm_search.searchers[0]._ot_study
+        storage = arm_study._storage
+        storage.set_trial_state_values(storage.create_new_trial(arm_study._study_id), TrialState.COMPLETE, [0.3])
+        real_next_arm = search.ArmSearch._next_arm
+        first_driver: list[int] = []
+
+        def racing(self):  # driver 1 asks its trial right after driver 2's budget check
+            index = real_next_arm(self)
+            if index is not None and not first_driver:
+                first_driver.append(storage.create_new_trial(arm_study._study_id))
+                heartbeats.add(first_driver[0])
+            return index
+
+        monkeypatch.setattr(search.ArmSearch, "_next_arm", racing)
+        assert arm_search.suggest("tune-trial-1") == search.Searcher.FINISHED
+        trials = {t._trial_id: t for t in arm_study.get_trials()}
+        second = max(trials)
+        assert trials[first_driver[0]].state == TrialState.RUNNING, "the first asker keeps its trial"
+        assert claims.was_interrupted(trials[second]) and "another driver took" in trials[second].user_attrs["error"]
+        assert search.used_budget(arm_study) == 2 and arm_search.searchers[0]._ot_trials == {}

@@ -15,7 +15,8 @@ checkpoint; the sampler is reseeded with the number of trials already stored (th
 would repeat TPE's start-up configurations); the ASHA rungs are refilled from the stored
 intermediate values, so cut-offs are those of an uninterrupted run. A second driver on the
 same study counts the first one's live trials against each arm's budget, so the two together
-run the budget once.
+run the budget once; when both ask an arm's last trial at the same moment, the trial with the
+lower number runs and the other stands down (as final trials do, :func:`claims.claim`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from mmvit.study.claims import Heartbeats, fail_stale, live_running, was_interrupted
+from mmvit.study.claims import Heartbeats, fail_stale, interrupt, live_running, was_interrupted
 from mmvit.study.spec import SearchParam, StudySpec
 from mmvit.study.trial import StudyJob
 
@@ -95,6 +96,15 @@ def used_budget(study: optuna.Study, retry_failed: bool = False) -> int:
     return sum(counts_as_done(t, retry_failed) for t in study.get_trials(deepcopy=False)) + len(live_running(study))
 
 
+def budget_ahead_of(study: optuna.Study, number: int) -> int:
+    """Trials numbered below ``number`` that use up the arm's budget: done, running live, or
+    waiting to be asked (an enqueued re-run). A total order, so of trials asked at the same
+    moment by two drivers exactly the first ``trials_per_arm`` keep running."""
+    live = {t._trial_id for t in live_running(study)}
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.number < number and (
+        counts_as_done(t, retry_failed=False) or t._trial_id in live or t.state == TrialState.WAITING))
+
+
 class ArmSearch(Searcher):
     """One OptunaSearch per arm behind one Ray searcher; hands out each arm's remaining budget,
     the arm with the most left first. Before each ask the arm's budget is checked against
@@ -136,20 +146,27 @@ class ArmSearch(Searcher):
             self.budgets[index] = 0  # another driver ran or runs the rest of this arm's budget
 
     def suggest(self, trial_id: str) -> dict | str | None:
-        index = self._next_arm()
-        if index is None:
-            return Searcher.FINISHED
-        searcher = self.searchers[index]
-        searcher.suggest(trial_id)
-        ot_trial = searcher._ot_trials[trial_id]
-        searcher._ot_study._storage.set_trial_user_attr(ot_trial._trial_id, "driver", self.job.driver)
-        self.heartbeats.add(ot_trial._trial_id)
-        self.budgets[index] -= 1
-        self.owner[trial_id] = index
-        seed = self.job.spec.seeds[0]
-        self.epochs[trial_id] = self.job.resolve(index, seed, ot_trial.params).train.epochs
-        return {"point": {"arm": index, "seed": seed, "params": dict(ot_trial.params),
-                          "search": [searcher._study_name, ot_trial._trial_id]}}
+        while (index := self._next_arm()) is not None:
+            searcher = self.searchers[index]
+            searcher.suggest(trial_id)
+            ot_trial = searcher._ot_trials[trial_id]
+            storage = searcher._ot_study._storage
+            storage.set_trial_user_attr(ot_trial._trial_id, "driver", self.job.driver)
+            self.heartbeats.add(ot_trial._trial_id)
+            self.budgets[index] -= 1
+            if budget_ahead_of(searcher._ot_study, ot_trial.number) >= self.per_arm:
+                # Another driver asked this arm's last trial at the same moment, and first.
+                self.heartbeats.discard(ot_trial._trial_id)
+                interrupt(storage, ot_trial._trial_id, "another driver took this arm's last search trial")
+                del searcher._ot_trials[trial_id]
+                self.budgets[index] = 0
+                continue
+            self.owner[trial_id] = index
+            seed = self.job.spec.seeds[0]
+            self.epochs[trial_id] = self.job.resolve(index, seed, ot_trial.params).train.epochs
+            return {"point": {"arm": index, "seed": seed, "params": dict(ot_trial.params),
+                              "search": [searcher._study_name, ot_trial._trial_id]}}
+        return Searcher.FINISHED
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         searcher = self.searchers[self.owner[trial_id]]
