@@ -114,8 +114,7 @@ def remaining_points(study: optuna.Study, arms: list[Arm], seeds: list[int], *,
         point = (trial.user_attrs.get("arm"), trial.user_attrs.get("seed"))
         if trial.state == TrialState.COMPLETE:
             done.add(point)
-        elif trial.state == TrialState.FAIL and not retry_failed and \
-                not was_interrupted(trial):
+        elif trial.state == TrialState.FAIL and not retry_failed and not was_interrupted(trial):
             failed.add(point)
     running = {(t.user_attrs.get("arm"), t.user_attrs.get("seed")) for t in live_running(study)}
     todo, elsewhere = [], []
