@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 
 from mmvit.study.storage import open_storage, storage_url
 
+EPOCHS = 40  # ~0.06 s each here: a trial's first 25 epochs leave a window of over a second to stop it in
 SPEC = """\
 study: {name}
 ablate:
@@ -23,11 +24,11 @@ ablate:
 seeds: [0]
 base:
   model: {{patch_size: 30, depth: 1, embed_dim: 32, num_heads: 2}}
-  train: {{epochs: 12, batch_size: 32}}
+  train: {{epochs: %d, batch_size: 32}}
   data: {{num_workers: 0}}
 resources: {{cpu: 1}}
 max_concurrent: 2
-"""
+""" % EPOCHS
 
 
 def _descendants(pid: int) -> list[int]:
@@ -67,15 +68,25 @@ def _trials(tmp_path: Path, name: str):
 
 def _wait_mid_study(tmp_path: Path, name: str, process: subprocess.Popen, timeout: float = 180):
     """Until one trial is COMPLETE and another RUNNING has finished an epoch but is far from its
-    last (one about to finish may complete before the stop reaches it)."""
+    last (one about to finish may complete before the stop reaches it). That window lasts about
+    a second, so the study is loaded once and then polled every 50 ms (a poll takes ~1 ms)."""
     deadline = time.time() + timeout
+    study = None
     while time.time() < deadline:
         assert process.poll() is None, process.stdout.read()
-        trials = _trials(tmp_path, name)
+        if study is None:
+            try:
+                study = optuna.load_study(study_name=name,
+                                          storage=open_storage(storage_url(name, tmp_path / "studies")))
+            except KeyError:  # the driver has not created it yet
+                time.sleep(0.3)
+                continue
+        trials = study.get_trials()
         if any(t.state == TrialState.COMPLETE for t in trials) and any(
-                t.state == TrialState.RUNNING and 1 <= len(t.user_attrs.get("history", [])) <= 6 for t in trials):
+                t.state == TrialState.RUNNING and 1 <= len(t.user_attrs.get("history", [])) <= EPOCHS - 15
+                for t in trials):
             return trials
-        time.sleep(0.3)
+        time.sleep(0.05)
     pytest.fail("the study never reached the middle")
 
 
@@ -104,9 +115,9 @@ def _assert_resumed(tmp_path: Path, name: str, before) -> None:
         if epochs_before:  # the checkpoint may be one epoch ahead of storage, never behind
             assert rerun.user_attrs["resumed_from_epoch"] in (epochs_before, epochs_before + 1), \
                 "the interrupted trial resumed after its last checkpointed epoch"
-        assert [h["epoch"] for h in rerun.user_attrs["history"]] == list(range(1, 13)), \
+        assert [h["epoch"] for h in rerun.user_attrs["history"]] == list(range(1, EPOCHS + 1)), \
             "the resumed trial's history holds every epoch, from before and after the stop"
-        assert rerun.user_attrs["epochs_run"] == 12
+        assert rerun.user_attrs["epochs_run"] == EPOCHS
 
 
 def test_sigkill_of_the_whole_process_tree_then_the_same_command_resumes(tmp_path, demo_root):
