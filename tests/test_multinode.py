@@ -20,7 +20,7 @@ import pytest
 from optuna.trial import TrialState
 
 from mmvit.study.storage import open_storage, storage_url
-from tests.test_resume import _descendants
+from tests.study_process import descendants
 
 RAY = str(Path(sys.executable).parent / "ray")
 CLI = str(Path(sys.executable).parent / "mmvit-study")
@@ -64,7 +64,7 @@ def _wait_started(node: subprocess.Popen, timeout: float = 90) -> None:
 
 
 def _stop(node: subprocess.Popen) -> None:
-    for pid in [*_descendants(node.pid), node.pid]:
+    for pid in [*descendants(node.pid), node.pid]:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -20,10 +19,10 @@ from optuna.trial import TrialState
 from mmvit.errors import StudyError
 from mmvit.study.storage import open_storage
 from tests.pg_server import PASSWORD, postgres_url  # noqa: F401 (the fixture)
-from tests.test_resume import _descendants
+from tests.study_process import descendants, wait_mid_study
 
 NAME = "pg-killed"
-EPOCHS = 30  # train.epochs in SPEC: long enough to be killed mid-trial on a fast machine
+EPOCHS = 40  # train.epochs in SPEC: long enough to be killed mid-trial on a fast machine
 ARMS = ("model.fusion=early", "model.fusion=sct", "model.fusion=modality_token")
 SPEC = """\
 study: pg-killed
@@ -32,7 +31,7 @@ ablate:
 seeds: [0]
 base:
   model: {patch_size: 30, depth: 1, embed_dim: 32, num_heads: 2}
-  train: {epochs: 30, batch_size: 32}
+  train: {epochs: 40, batch_size: 32}
   data: {num_workers: 0}
 resources: {cpu: 1}
 max_concurrent: 2
@@ -61,23 +60,8 @@ def _trials(storage) -> list:
         return []
 
 
-def _wait_mid_study(storage, process: subprocess.Popen, timeout: float = 180) -> None:
-    """Until one trial is COMPLETE and another RUNNING has finished an epoch but at most half of them
-    (the trial started beside the first one is often in its last epochs by then)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert process.poll() is None, process.stdout.read()
-        trials = _trials(storage)
-        if any(t.state == TrialState.COMPLETE for t in trials) and any(
-                t.state == TrialState.RUNNING and 1 <= len(t.user_attrs.get("history", [])) <= EPOCHS - 5
-                for t in trials):
-            return
-        time.sleep(0.3)
-    pytest.fail("the study never reached the middle")
-
-
 def _kill_tree(process: subprocess.Popen) -> str:
-    for pid in [process.pid, *_descendants(process.pid)]:
+    for pid in [process.pid, *descendants(process.pid)]:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -127,7 +111,7 @@ def test_postgresql_storage_kill_resume_report_and_the_password_never_leaks(tmp_
     assert storage.engine.dialect.driver == "psycopg", "SQLAlchemy ≥ 2.1 maps postgresql:// to psycopg 3"
     try:
         process = _start(tmp_path, postgres_url, demo_root)
-        _wait_mid_study(storage, process)
+        wait_mid_study(lambda: optuna.load_study(study_name=NAME, storage=storage), process, EPOCHS)
         killed_output = _kill_tree(process)
         before = _trials(storage)
         assert any(t.state == TrialState.RUNNING for t in before), "the kill left trials RUNNING in storage"

@@ -7,16 +7,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
-import pytest
 from optuna.trial import TrialState
 
 from mmvit.study.storage import open_storage, storage_url
+from tests.study_process import descendants, wait_mid_study
 
-EPOCHS = 40  # ~0.06 s each here: a trial's first 25 epochs leave a window of over a second to stop it in
+EPOCHS = 40  # ~0.06 s each here: the first 25 leave a window of over a second to stop a trial in
 SPEC = """\
 study: {name}
 ablate:
@@ -29,24 +28,6 @@ base:
 resources: {{cpu: 1}}
 max_concurrent: 2
 """ % EPOCHS
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (from /proc), so the kill takes Ray's daemons and workers too."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def _start(tmp_path: Path, name: str, demo_root: Path) -> subprocess.Popen:
@@ -66,28 +47,9 @@ def _trials(tmp_path: Path, name: str):
     return study.get_trials()
 
 
-def _wait_mid_study(tmp_path: Path, name: str, process: subprocess.Popen, timeout: float = 180):
-    """Until one trial is COMPLETE and another RUNNING has finished an epoch but is far from its
-    last (one about to finish may complete before the stop reaches it). That window lasts about
-    a second, so the study is loaded once and then polled every 50 ms (a poll takes ~1 ms)."""
-    deadline = time.time() + timeout
-    study = None
-    while time.time() < deadline:
-        assert process.poll() is None, process.stdout.read()
-        if study is None:
-            try:
-                study = optuna.load_study(study_name=name,
-                                          storage=open_storage(storage_url(name, tmp_path / "studies")))
-            except KeyError:  # the driver has not created it yet
-                time.sleep(0.3)
-                continue
-        trials = study.get_trials()
-        if any(t.state == TrialState.COMPLETE for t in trials) and any(
-                t.state == TrialState.RUNNING and 1 <= len(t.user_attrs.get("history", [])) <= EPOCHS - 15
-                for t in trials):
-            return trials
-        time.sleep(0.05)
-    pytest.fail("the study never reached the middle")
+def _wait_mid_study(tmp_path: Path, name: str, process: subprocess.Popen):
+    return wait_mid_study(lambda: optuna.load_study(
+        study_name=name, storage=open_storage(storage_url(name, tmp_path / "studies"))), process, EPOCHS)
 
 
 def _finish(tmp_path: Path, name: str, demo_root: Path) -> str:
@@ -123,7 +85,7 @@ def _assert_resumed(tmp_path: Path, name: str, before) -> None:
 def test_sigkill_of_the_whole_process_tree_then_the_same_command_resumes(tmp_path, demo_root):
     process = _start(tmp_path, "killed", demo_root)
     before = _wait_mid_study(tmp_path, "killed", process)
-    victims = [process.pid, *_descendants(process.pid)]
+    victims = [process.pid, *descendants(process.pid)]
     for pid in victims:
         try:
             os.kill(pid, signal.SIGKILL)
