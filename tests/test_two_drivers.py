@@ -18,11 +18,12 @@ from tests.pg_server import postgres_url  # noqa: F401 (the fixture)
 from tests.test_postgres import CLI, ENV
 
 NAME = "two-drivers"
+POINTS = 12  # 4 arms × 3 seeds: the first driver still has ~10 left when the second has started Ray
 SPEC = """\
 study: two-drivers
 ablate:
   model.fusion: [early, sct, modality_token, channel_token]
-seeds: [0, 1]
+seeds: [0, 1, 2]
 base:
   model: {patch_size: 30, depth: 1, embed_dim: 32, num_heads: 2}
   train: {epochs: 30, batch_size: 32}
@@ -67,7 +68,7 @@ def test_two_drivers_on_one_study_run_every_point_once(backend, request, tmp_pat
     trials = _trials(storage)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     points = [(t.user_attrs["arm"], t.user_attrs["seed"]) for t in complete]
-    assert len(points) == 8 and len(set(points)) == 8, "every point COMPLETE exactly once"
+    assert len(points) == POINTS and len(set(points)) == POINTS, "every point COMPLETE exactly once"
     drivers = {t.user_attrs["driver"] for t in complete}
     assert len(drivers) == 2, f"both drivers ran trials: {drivers}"
     for trial in trials:
@@ -80,8 +81,8 @@ def test_two_drivers_on_one_study_run_every_point_once(backend, request, tmp_pat
     assert "waiting for them" in outputs[0] + outputs[1], "the driver that ran out of work waited for the other"
     for output in outputs:  # each summary accounts for every point: before it, by it, by the other
         counts = re.search(r"planned: (\d+) already done, (\d+) run now, (\d+) by another driver", output)
-        assert counts and sum(map(int, counts.groups())) == 8, output
+        assert counts and sum(map(int, counts.groups())) == POINTS, output
     # Each returned with the study complete: its last report has every arm's seed.
     for name in ("first", "second"):
         page = (tmp_path / f"reports-{name}" / NAME / "index.html").read_text()
-        assert "8 complete" in page and "seeds complete" not in page, name
+        assert f"{POINTS} complete" in page and "seeds complete" not in page, name
