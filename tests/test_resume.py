@@ -23,16 +23,16 @@ ablate:
 seeds: [0]
 base:
   model: {{patch_size: 30, depth: 1, embed_dim: 32, num_heads: 2}}
-  train: {{epochs: %d, batch_size: 32}}
+  train: {{epochs: {epochs}, batch_size: 32}}
   data: {{num_workers: 0}}
 resources: {{cpu: 1}}
 max_concurrent: 2
-""" % EPOCHS
+"""
 
 
 def _start(tmp_path: Path, name: str, demo_root: Path) -> subprocess.Popen:
     path = tmp_path / f"{name}.yaml"
-    path.write_text(SPEC.format(name=name))
+    path.write_text(SPEC.format(name=name, epochs=EPOCHS))
     command = [str(Path(sys.executable).parent / "mmvit-study"), "run", str(path), "--data", str(demo_root),
                "--profile", "full", "--studies-dir", str(tmp_path / "studies")]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
