@@ -227,13 +227,17 @@ def bench_study(
 def validate(
     file: Annotated[Path, typer.Argument(help="A study file (YAML).")],
     train_patches: Annotated[Optional[int], typer.Option(help="Training patches for the cost estimate (default: the v1 train split).")] = 269_695,
+    profile: Annotated[str, typer.Option(help="The profile `run` will use: full (a real archive), quick (the demo archive's default) or smoke.")] = "full",
 ) -> None:
     """Check a study file and print its plan: arms, seeds, trials, a rough cost."""
     from mmvit.study.plan import REFERENCE_TFLOPS, plan_study
     from mmvit.study.spec import load_spec
+    from mmvit.study.trial import PROFILES
 
+    if profile not in PROFILES:
+        raise MMViTError(f"--profile must be one of {', '.join(PROFILES)}, but got {profile!r}.")
     spec = load_spec(file)
-    plan = plan_study(spec, train_patches)
+    plan = plan_study(spec, train_patches, profile=profile)
     console.print(f"[bold]{spec.study}[/] — {spec.description or 'no description'}")
     table = Table("arm", "parameters", "tokens", "epochs", "search trials", "seed trials")
     table.columns[0].no_wrap = True
@@ -241,13 +245,20 @@ def validate(
         table.add_row(arm.name, f"{arm.parameters / 1e6:.2f}M", str(arm.tokens), str(arm.epochs),
                       str(arm.search_trials), str(arm.seed_trials))
     console.print(table)
-    console.print(f"{len(plan.arms)} arm(s) × {len(spec.seeds)} seed(s) {spec.seeds}"
-                  + (f" + {spec.search.trials_per_arm} {spec.search.sampler} search trial(s) per arm"
+    seeds = plan.seeds
+    console.print(f"{len(plan.arms)} arm(s) × {len(seeds)} seed(s) {seeds}"
+                  + (f" + {plan.search_trials} {spec.search.sampler} search trial(s) per arm on seed {spec.search_seed}"
                      if spec.search else "")
-                  + f" = {plan.total_trials} trial(s); selection on validation {spec.metric} ({spec.direction})")
+                  + f" = {plan.total_trials} trial(s) ({profile} profile); selection on validation {spec.metric} "
+                    f"({spec.direction})")
+    if len(seeds) < 3:
+        console.print(f"[bold yellow]Warning:[/] {len(seeds)} seed(s): fewer than three paired seeds, so no paired "
+                      "test will run (the report shows means without tests); use `seeds: [0, 1, 2]` or more.",
+                      highlight=False)
     if plan.gpu_hours is not None:
         console.print(f"rough cost: {plan.gpu_hours:,.1f} GPU-hours at {REFERENCE_TFLOPS:.0f} TFLOP/s effective "
-                      f"(6·params·tokens per sample-pass, {train_patches:,} training patches, no early stopping)")
+                      f"(6·params·tokens per sample-pass, {plan.arms[0].train_patches:,} training patches, "
+                      "no early stopping)")
 
 
 @app.command("run")
@@ -261,6 +272,8 @@ def run(
     retry_failed: Annotated[bool, typer.Option(help="Run failed trials again.")] = False,
     reports_dir: Annotated[Path, typer.Option(help="Where the live report reports/<study>/ is written.")] = Path("reports"),
     storage_path: Annotated[Optional[str], typer.Option(help="Checkpoints and Ray results: a folder every node of the cluster mounts, or an s3:// / gs:// URI (default: --studies-dir).")] = None,
+    gpus_per_trial: Annotated[Optional[float], typer.Option(help="GPUs per trial; 0.5 puts two trials on a GPU (default: resources.gpu of the file, else 1 when the cluster has GPUs, else 0).")] = None,
+    cpus_per_trial: Annotated[Optional[float], typer.Option(help="CPUs per trial (default: resources.cpu of the file, else a fair share of a GPU node's CPUs, or 1 without GPUs).")] = None,
     verbose: Annotated[bool, typer.Option(help="Show Ray's logs.")] = False,
 ) -> None:
     """Run (or resume) a study: every arm × seed, recorded in Optuna storage."""
@@ -277,7 +290,8 @@ def run(
         summary = run_study(file, studies_dir=studies_dir, storage=storage,
                             data=str(data) if data else None, profile=profile, address=address,
                             retry_failed=retry_failed, verbose=verbose, console=console,
-                            reports_dir=reports_dir, storage_path=storage_path)
+                            reports_dir=reports_dir, storage_path=storage_path,
+                            cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial)
     except KeyboardInterrupt:
         console.print(f"Stopped at once. Everything finished is in {where}; trials that were running "
                       f"resume from their last epoch checkpoint when you run the same command again.")

@@ -118,10 +118,22 @@ def write_study(url: str, name: str, *, spec: dict[str, Any], arms: list[dict[st
 
 
 def spec(name: str, *, seeds: list[int], ablate: Any, description: str = "", search: dict | None = None,
-         metric: str = "ap_macro") -> dict[str, Any]:
+         metric: str = "ap_macro", baseline: Any = None) -> dict[str, Any]:
     """A resolved spec dict (the fields the report reads)."""
     return {"study": name, "description": description, "base": {}, "ablate": ablate, "seeds": seeds,
-            "search": search, "metric": metric, "resources": {"cpu": 1.0, "gpu": 0.0}, "max_concurrent": None}
+            "search": search, "metric": metric, "resources": {"cpu": 1.0, "gpu": 0.0}, "max_concurrent": None,
+            "baseline": baseline}
+
+
+def with_comparisons(arms: list[dict[str, Any]], ablate: Any, baseline: Any = None) -> list[dict[str, Any]]:
+    """The arms as the runner records them (:func:`mmvit.study.runner.record_identity`): ``baseline``
+    flags the study's reference arm, ``compare_with`` and ``axis`` say what each arm's Δ is
+    against. Arms written without this are the format of studies stored before per-axis Δ."""
+    from mmvit.study.arms import comparisons
+
+    compared = comparisons(ablate, baseline)
+    return [{**arm, "baseline": compared[arm["name"]].compare_with is None,
+             "compare_with": compared[arm["name"]].compare_with, "axis": compared[arm["name"]].axis} for arm in arms]
 
 
 def nan_to_none(values: list[float]) -> list[float | None]:
@@ -157,15 +169,19 @@ class Scenario:
         return self.arms[index]["name"]
 
 
-def full_scenario(folder, name: str = "depth") -> Scenario:
-    """Two axes (fusion × depth, 2 × 2), four seeds, baseline = (early, 4), a quick profile, search
-    studies with COMPLETE/PRUNED/FAIL trials, and RUNNING, FAIL, interrupted and missing seeds:
+def full_scenario(folder, name: str = "depth", *, per_axis: bool = True) -> Scenario:
+    """Two axes (fusion × depth, 2 × 2), four seeds, a quick profile, search studies with
+    COMPLETE/PRUNED/FAIL trials, and RUNNING, FAIL, interrupted and missing seeds:
 
-    - arm 0 (early, 2): 4 seeds, clearly better than the baseline (seed 0 re-run after an interruption);
-    - arm 1 (early, 4): the baseline, 4 seeds;
-    - arm 2 (sct…, 2): seeds 0–2 complete, seed 3 RUNNING (3 pairs: tested);
-    - arm 3 (sct…, 4): seeds 0–1 complete, seed 2 FAIL, seed 3 never started (2 pairs: no test).
-    """
+    - arm 0 (early, 2): 4 seeds, clearly better than arm 1 (seed 0 re-run after an interruption);
+    - arm 1 (early, 4): 4 seeds;
+    - arm 2 (sct…, 2): as good as arm 0; seeds 0–2 complete, seed 3 RUNNING;
+    - arm 3 (sct…, 4): seeds 0–1 complete, seed 2 FAIL, seed 3 never started.
+
+    ``per_axis``: arms recorded as the runner records them now — arm 0 is the reference (the first
+    listed levels), arms 1 and 2 are compared with it (4 and 3 pairs: tested), arm 3 with arm 2 (2
+    pairs: no test). Otherwise the format of studies stored before per-axis Δ: arm 1 flagged as
+    the one baseline of every Δ."""
     import numpy as np
 
     url = f"sqlite:///{folder}/{name}.db"
@@ -173,12 +189,15 @@ def full_scenario(folder, name: str = "depth") -> Scenario:
     arms = [{"name": f"model.fusion={f}, model.depth={d}", "labels": {"model.fusion": f, "model.depth": d},
              "settings": {"model.fusion": f, "model.depth": d}, "baseline": (f, d) == ("early", 4)}
             for f in fusions for d in depths]
+    ablate = {"model.fusion": fusions, "model.depth": depths}
+    if per_axis:
+        arms = with_comparisons([{k: v for k, v in a.items() if k != "baseline"} for a in arms], ablate)
     seeds = [0, 1, 2, 3]
     scenario = Scenario(url, name, arms, seeds)
     rng = np.random.default_rng(7)
     base = {m: (0.06 if m == "hamming_loss" else 0.80) + 0.01 * rng.standard_normal(4) for m in AGG}
     shift = [{m: (-0.01 if m == "hamming_loss" else 0.03) for m in AGG}, {m: 0.0 for m in AGG},
-             {m: 0.0 for m in AGG}, {m: 0.002 for m in AGG}]
+             {m: (-0.01 if m == "hamming_loss" else 0.03) for m in AGG}, {m: 0.002 for m in AGG}]
     noise = [0.002, 0.0, 0.006, 0.004]
     complete_seeds = [[0, 1, 2, 3], [0, 1, 2, 3], [0, 1, 2], [0, 1]]
     scenario.class_counts = [1000 * (c + 1) for c in range(19)]
@@ -240,8 +259,7 @@ def full_scenario(folder, name: str = "depth") -> Scenario:
         search[arm["name"]] = rows
         scenario.search_states[arm["name"]] = {s.name: states.count(s) for s in set(states)}
     description = f"Fusion × depth {XSS} ablation"
-    write_study(url, name, spec=spec(name, seeds=seeds, ablate={"model.fusion": fusions, "model.depth": depths},
-                                     description=description,
+    write_study(url, name, spec=spec(name, seeds=seeds, ablate=ablate, description=description,
                                      search={"sampler": "tpe", "trials_per_arm": 7, "params": {}}),
                 arms=arms, trials=trials, search=search, profile="quick",
                 reference={"citation": "Thesis Table 7.8 (Early Fusion)",
@@ -280,4 +298,48 @@ def edge_scenario(folder, name: str = "edge") -> Scenario:
                 trials=trials, reference={"citation": "Somebody et al. 2023",
                                           "arms": {"shallow": {"ap_micro": 0.8, "hamming_loss": 0.2},
                                                    "ghost": {"ap_macro": 0.7}}})
+    return scenario
+
+
+AUGMENTATION = {"standard": {"augment.synchronised": True, "augment.modality_drop": 0.0},
+                "desynchronised": {"augment.synchronised": False, "augment.modality_drop": 0.0},
+                "modality_drop": {"augment.synchronised": True, "augment.modality_drop": 0.5},
+                "all": {"augment.synchronised": False, "augment.modality_drop": 0.5}}
+"""The named axis of search_spaces/augmentation.yaml."""
+
+
+def augmentation_scenario(folder, name: str = "augmentation", *, baseline: Any = None) -> Scenario:
+    """search_spaces/augmentation.yaml's product (fusion early/sct × four augmentation labels),
+    three seeds, every seed complete. Two arms have zero-variance differences from their
+    comparison arm: (early, modality_drop) is (early, standard) + 0.01 in every seed, and
+    (sct, desynchronised) repeats (sct, standard) exactly (identical runs)."""
+    import numpy as np
+
+    url = f"sqlite:///{folder}/{name}.db"
+    ablate = {"model.fusion": ["early", "sct"], "augmentation": AUGMENTATION}
+    arms = [{"name": f"model.fusion={f}, augmentation={label}", "labels": {"model.fusion": f, "augmentation": label},
+             "settings": {"model.fusion": f, **settings}}
+            for f in ("early", "sct") for label, settings in AUGMENTATION.items()]
+    arms = with_comparisons(arms, ablate, baseline)
+    seeds = [0, 1, 2]
+    scenario = Scenario(url, name, arms, seeds)
+    rng = np.random.default_rng(11)
+    base = {m: (0.06 if m == "hamming_loss" else 0.80) + 0.01 * rng.standard_normal(3) for m in AGG}
+    shifts = {"early": 0.0, "sct": 0.01}
+    extra = {"standard": 0.0, "desynchronised": 0.001, "modality_drop": 0.004, "all": 0.008}
+    trials = []
+    for i, arm in enumerate(arms):
+        fusion, label = arm["labels"]["model.fusion"], arm["labels"]["augmentation"]
+        for s in seeds:
+            if (fusion, label) == ("early", "modality_drop"):
+                test = {m: v + 0.01 for m, v in scenario.test["model.fusion=early, augmentation=standard"][s].items()}
+            elif (fusion, label) == ("sct", "desynchronised"):
+                test = dict(scenario.test["model.fusion=sct, augmentation=standard"][s])
+            else:
+                test = {m: float(base[m][s] + shifts[fusion] + extra[label] + 0.003 * rng.standard_normal())
+                        for m in AGG}
+            scenario.test[arm["name"]][s] = test
+            trials.append(final_trial(arm=arm["name"], arm_index=i, seed=s, test=test, per_class=[0.5] * 19,
+                                      class_counts=list(range(19)), curve=[0.4, test["ap_macro"]], wall_s=60.0))
+    write_study(url, name, spec=spec(name, seeds=seeds, ablate=ablate, baseline=baseline), arms=arms, trials=trials)
     return scenario

@@ -35,6 +35,24 @@ def test_the_library_has_one_file_per_thesis_table():
             assert "Table" in spec.reference.citation
 
 
+def test_study_files_pair_three_seeds_state_their_choices_and_leave_resources_to_run():
+    for path in FILES:
+        spec = load_spec(path, check_models=False)
+        assert (spec.resources.cpu, spec.resources.gpu) == (None, None), f"{path.name} pins resources"
+        assert len(spec.seeds) >= 3, f"{path.name}: a paired test needs three seeds"
+        header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
+        header = " ".join(header.replace("#", " ").split())
+        for choice in ("augment.crop_scale", "flips = one of the 8 rotations/reflections", "modality drop",
+                       "train.precision: auto", "best epoch = best validation"):
+            assert choice in header.replace("modality-drop", "modality drop"), (path.name, choice)
+        for arm in spec.arms:  # the thesis's dropout is standard and attention dropout together (§7.4)
+            model = spec.resolve(arm, spec.seeds[0]).model
+            rates = [(model.drop_rate, model.attn_drop_rate)] + [
+                (rates.get("drop_rate", model.drop_rate), rates.get("attn_drop_rate", model.attn_drop_rate))
+                for rates in model.overrides.values()]
+            assert all(drop == attn for drop, attn in rates), (path.name, arm.name, rates)
+
+
 def _run_and_check(path: Path, tmp_path: Path, demo_root: Path, profile: str) -> None:
     spec = load_spec(path)
     summary = run_study(path, studies_dir=tmp_path / "studies", data=str(demo_root), profile=profile,

@@ -122,7 +122,7 @@ def test_a_study_runs_across_two_ray_nodes_with_shared_checkpoints(two_node_clus
     assert {t.user_attrs["heartbeat_s"] for t in trials} == {int(env["MMVIT_HEARTBEAT_S"])}, \
         "the workers beat at the driver's interval, not their default"
     for trial in trials:  # every checkpoint on the shared path, none under --studies-dir
-        folder = shared / NAME / "checkpoints" / trial.user_attrs["config_key"]
+        folder = shared / NAME / "checkpoints" / "final" / trial.user_attrs["config_key"]
         assert (folder / "last.pt").is_file() and (folder / "best.pt").is_file(), folder
     assert any((shared / NAME / "ray").iterdir()), "Ray's results on the shared path"
     assert not (tmp_path / "studies" / NAME / "checkpoints").exists()

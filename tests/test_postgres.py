@@ -79,7 +79,7 @@ def _checkpointed_epochs(tmp_path: Path, trials) -> dict[str, int]:
     epochs = {}
     for trial in trials:
         key = trial.user_attrs.get("config_key")
-        path = tmp_path / "studies" / NAME / "checkpoints" / str(key) / CHECKPOINT
+        path = tmp_path / "studies" / NAME / "checkpoints" / "final" / str(key) / CHECKPOINT
         if trial.state == TrialState.RUNNING and path.is_file():
             epochs[key] = torch.load(path, map_location="cpu", weights_only=False)["epoch"]
     return epochs

@@ -61,6 +61,37 @@ def test_the_live_view_counts_each_arm_and_leaves_interrupted_trials_out(study_u
     assert "2/4 final trials complete · 1.5 min elapsed · ETA ≈ 1.0 min" in text
 
 
+def test_the_live_view_counts_the_trials_the_profile_runs(monkeypatch):
+    """A smoke run of tuned_fusion.yaml plans 6 final trials (first seed only), not the file's 18."""
+    from pathlib import Path
+
+    from mmvit.study import progress, runner
+    from mmvit.study.spec import load_spec
+    from mmvit.study.trial import SMOKE_SEARCH_TRIALS, StudyJob
+
+    seen = {}
+
+    class Recorder:
+        def __init__(self, url, study_name, **kwargs):
+            seen.update(kwargs)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+    monkeypatch.setattr(progress, "LiveView", Recorder)
+    monkeypatch.setattr(runner, "concurrency", lambda job: 2)  # no Ray here
+    spec = load_spec(Path(__file__).parent.parent / "search_spaces" / "tuned_fusion.yaml", check_models=False)
+    assert (len(spec.seeds), spec.search.trials_per_arm) == (3, 20)
+    for profile, seeds, budget in (("full", 3, 20), ("smoke", 1, SMOKE_SEARCH_TRIALS)):
+        job = StudyJob(spec, "sqlite://", profile, None, "", spec.arms, resources={"cpu": 2.0, "gpu": 0.5})
+        with runner._live_view(job, console=Console(file=io.StringIO())):
+            assert (seen["seeds"], seen["search_budget"]) == (seeds, budget), profile
+    assert seen["note"] == "0.5 GPU + 2 CPU per trial"
+
+
 def test_status_labels_an_interrupted_trial_apart_from_a_failure(study_url, tmp_path):
     result = CliRunner().invoke(app, ["status", "watched", "--studies-dir", str(tmp_path / "studies")],
                                 env={"COLUMNS": "200"})

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from tests.report_fixtures import AGG, ODD, XSS, edge_scenario, full_scenario
+from tests.report_fixtures import AGG, ODD, XSS, augmentation_scenario, edge_scenario, full_scenario
 
 NAMES = {"ap_micro": "AP micro", "ap_macro": "AP macro", "f2": "F2", "hamming_loss": "HL"}
 
@@ -135,16 +135,14 @@ def expected_arms(scenario) -> dict[str, dict]:
     return out
 
 
-def expected_tests(scenario, baseline: str) -> dict[str, dict[str, tuple[int, float, float, float] | int]]:
-    """metric → arm → (pairs, t, p, Holm p), or the number of pairs when below 3."""
+def expected_tests(scenario, compare: dict[str, str]) -> dict[str, dict[str, tuple[int, float, float, float] | int]]:
+    """metric → arm → (pairs, t, p, Holm p), or the number of pairs when below 3; ``compare`` maps
+    each compared arm to its comparison arm (one Holm family per metric)."""
     out: dict[str, dict] = {}
-    base = scenario.test[baseline]
     for m in AGG:
         raw, pairs = {}, {}
-        for arm in scenario.arms:
-            name = arm["name"]
-            if name == baseline:
-                continue
+        for name, other in compare.items():
+            base = scenario.test[other]
             seeds = sorted(set(scenario.test[name]) & set(base))
             pairs[name] = len(seeds)
             if len(seeds) >= 3:
@@ -181,7 +179,13 @@ def edge(tmp_path_factory):
     return scenario, index
 
 
-BASELINE = "model.fusion=early, model.depth=4"
+EARLY2, EARLY4 = "model.fusion=early, model.depth=2", "model.fusion=early, model.depth=4"
+ODD2, ODD4 = f"model.fusion={ODD}, model.depth=2", f"model.fusion={ODD}, model.depth=4"
+REFERENCE = EARLY2
+"""The full scenario's reference arm: the first listed level of each axis."""
+COMPARE = {EARLY4: EARLY2, ODD2: EARLY2, ODD4: ODD2}
+"""Each arm's comparison arm, by hand: along depth within each fusion group, and the ODD group's
+reference arm along fusion."""
 
 
 # ---------------------------------------------------------------------------- aggregate
@@ -190,10 +194,11 @@ def test_aggregate_csv_holds_means_stds_deltas_and_paired_tests(full):
     scenario, index = full
     rows = {r["arm"]: r for r in read_csv(index.parent / "tables" / "aggregate.csv")}
     expected = expected_arms(scenario)
-    tests = expected_tests(scenario, BASELINE)
+    tests = expected_tests(scenario, COMPARE)
     assert list(rows) == [a["name"] for a in scenario.arms]
+    assert {name: (row["baseline"], row["axis"]) for name, row in rows.items()} == {
+        EARLY2: ("", ""), EARLY4: (EARLY2, "model.depth"), ODD2: (EARLY2, "model.fusion"), ODD4: (ODD2, "model.depth")}
     for name, row in rows.items():
-        assert row["baseline"] == str(name == BASELINE)
         assert int(row["n"]) == len(scenario.test[name]) and int(row["planned"]) == 4
         for m in AGG:
             mean, std, n = expected[name][m]
@@ -202,14 +207,14 @@ def test_aggregate_csv_holds_means_stds_deltas_and_paired_tests(full):
                 assert float(row[f"{m}_std"]) == pytest.approx(std, abs=1e-12)
             is_best = mean == best(m, [expected[a][m][0] for a in expected])
             assert row[f"{m}_best"] == str(is_best)
-            if name == BASELINE:
-                assert row[f"{m}_delta"] == ""
+            if name == REFERENCE:
+                assert row[f"{m}_delta"] == "" and row[f"{m}_outcome"] == ""
                 continue
-            assert float(row[f"{m}_delta"]) == pytest.approx(mean - expected[BASELINE][m][0], abs=1e-12)
+            assert float(row[f"{m}_delta"]) == pytest.approx(mean - expected[COMPARE[name]][m][0], abs=1e-12)
             test = tests[m][name]
             if isinstance(test, int):
                 assert int(float(row[f"{m}_pairs"])) == test and row[f"{m}_p_holm"] == ""
-                assert row[f"{m}_significant"] == "False"
+                assert row[f"{m}_significant"] == "False" and row[f"{m}_outcome"] == "too few pairs"
             else:
                 pairs, t, p, p_holm = test
                 assert int(float(row[f"{m}_pairs"])) == pairs
@@ -221,16 +226,18 @@ def test_aggregate_csv_holds_means_stds_deltas_and_paired_tests(full):
 def test_the_scenario_has_a_significant_arm_an_untested_arm_and_a_non_significant_one(full):
     """Guards the fixture: the markers below are only meaningful if all three cases occur."""
     scenario, _ = full
-    tests = expected_tests(scenario, BASELINE)
-    arm0, arm2, arm3 = scenario.arm(0), scenario.arm(2), scenario.arm(3)
-    assert all(tests[m][arm0][3] <= 0.05 for m in AGG)
-    assert any(tests[m][arm2][3] > 0.05 for m in AGG)
-    assert all(tests[m][arm3] == 2 for m in AGG)
+    tests = expected_tests(scenario, COMPARE)
+    assert all(tests[m][EARLY4][3] <= 0.05 for m in AGG)
+    assert any(tests[m][ODD2][3] > 0.05 for m in AGG)
+    assert all(tests[m][ODD4] == 2 for m in AGG)
+    # against the old single baseline (early, 4), ODD2 would be significant: the comparison matters
+    assert any(expected_tests(scenario, {ODD2: EARLY4})[m][ODD2][3] <= 0.05 for m in AGG)
 
 
-def _expected_aggregate_cells(scenario) -> dict[str, list[tuple[str, bool]]]:
+def _expected_aggregate_cells(scenario, compare: dict[str, str] = COMPARE) -> dict[str, list[tuple[str, bool]]]:
+    """Metric and Δ cells of each arm's aggregate row, then its vs. cell."""
     expected = expected_arms(scenario)
-    tests = expected_tests(scenario, BASELINE)
+    tests = expected_tests(scenario, compare)
     out = {}
     for arm in scenario.arms:
         name = arm["name"]
@@ -239,13 +246,13 @@ def _expected_aggregate_cells(scenario) -> dict[str, list[tuple[str, bool]]]:
             mean, std, n = expected[name][m]
             cells.append((fmt(mean, std, n), mean == best(m, [expected[a][m][0] for a in expected])))
         for m in AGG:
-            if name == BASELINE:
+            if name not in compare:
                 cells.append(("", False))
                 continue
             test = tests[m][name]
             mark = "*" if not isinstance(test, int) and test[3] <= 0.05 else ""
-            cells.append((f"{expected[name][m][0] - expected[BASELINE][m][0]:+.4f}{mark}", False))
-        out[name] = cells
+            cells.append((f"{expected[name][m][0] - expected[compare[name]][m][0]:+.4f}{mark}", False))
+        out[name] = cells + [(compare.get(name, ""), False)]
     return out
 
 
@@ -253,18 +260,20 @@ def test_aggregate_table_on_the_page(full):
     scenario, index = full
     table = page_tables(index)["aggregate"]
     assert [c[0] for c in table[0]] == ["Arm", "n", "AP micro", "AP macro", "F2", "HL", "Δ AP micro",
-                                        "Δ AP macro", "Δ F2", "Δ HL", "Missing"]
+                                        "Δ AP macro", "Δ F2", "Δ HL", "vs.", "Missing"]
     rows = {r[0][0].removesuffix(" (baseline)"): r for r in table[1:]}
-    assert table[2][0][0] == f"{BASELINE} (baseline)"
+    assert table[1][0][0] == f"{REFERENCE} (baseline)"
     for name, cells in _expected_aggregate_cells(scenario).items():
         row = rows[name]
         assert row[1][0] == f"{len(scenario.test[name])}/4"
-        assert row[2:10] == cells, name
-    assert rows[scenario.arm(3)][10][0] == ("seed 2 failed (RuntimeError: CUDA out of memory); seed 3 not started")
-    assert rows[scenario.arm(2)][10][0] == "seed 3 running"
-    assert rows[scenario.arm(0)][10][0] == ""
+        assert row[2:11] == cells, name
+    assert rows[scenario.arm(3)][11][0] == ("seed 2 failed (RuntimeError: CUDA out of memory); seed 3 not started")
+    assert rows[scenario.arm(2)][11][0] == "seed 3 running"
+    assert rows[scenario.arm(0)][11][0] == ""
     page = index.read_text(encoding="utf-8")
     assert f"No marker is possible for {html.escape(scenario.arm(3))}: fewer than 3 seeds paired" in page
+    assert "Holm-corrected over the comparisons of this table, per metric (2 t-test(s); α = 0.05)" in page
+    assert 'id="section-tests"' in page and "How the tests work" in page
 
 
 def test_aggregate_markdown_and_latex_show_the_page_numbers(full):
@@ -273,6 +282,7 @@ def test_aggregate_markdown_and_latex_show_the_page_numbers(full):
     md = {r[0].removesuffix(" (baseline)"): r for r in md_rows(index.parent / "tables" / "aggregate.md")}
     tex = {r[0].removesuffix(" (baseline)"): r for r in tex_rows(index.parent / "tables" / "aggregate.tex")}
     for name, expected in cells.items():
+        expected = expected[:8]
         assert md[name][2:10] == [f"**{t}**" if b else t for t, b in expected]
         tex_name = name.replace("&", r"\&").replace("<", r"\textless{}").replace(">", r"\textgreater{}")
         row = tex[tex_name]
@@ -288,10 +298,11 @@ def test_aggregate_markdown_and_latex_show_the_page_numbers(full):
 
 def test_significance_table_matches_the_hand_computed_tests(full):
     scenario, index = full
-    tests = expected_tests(scenario, BASELINE)
+    tests = expected_tests(scenario, COMPARE)
     rows = read_csv(index.parent / "tables" / "significance.csv")
     assert len(rows) == 3 * 4
     for row in rows:
+        assert row["baseline"] == COMPARE[row["arm"]]
         test = tests[row["metric"]][row["arm"]]
         if isinstance(test, int):
             assert int(row["pairs"]) == test and row["t"] == ""
@@ -302,8 +313,8 @@ def test_significance_table_matches_the_hand_computed_tests(full):
             assert float(row["p"]) == pytest.approx(p, rel=1e-9)
             assert float(row["p_holm"]) == pytest.approx(p_holm, rel=1e-9)
             assert row["significant"] == str(p_holm <= 0.05)
-    page = body_rows(page_tables(index)["significance"])
-    assert set(page) == {scenario.arm(0), scenario.arm(2), scenario.arm(3)}
+    page = page_tables(index)["significance"]
+    assert {(r[0][0], r[1][0]) for r in page[1:]} == set(COMPARE.items())
 
 
 # ---------------------------------------------------------------------------- class-wise, two-axis
@@ -341,8 +352,11 @@ def test_two_axis_table_has_depth_rows_and_fusion_groups(full):
     scenario, index = full
     table = page_tables(index)["two_axis"]
     assert [c[0] for c in table[0]] == ["", "model.fusion=early", f"model.fusion={ODD}"]
-    assert [c[0] for c in table[1]] == ["model.depth"] + [NAMES[m] for m in AGG] * 2
+    assert [c[0] for c in table[1]] == ["model.depth"] + ([NAMES[m] for m in AGG] + ["Δ AP macro"]) * 2
     expected = expected_arms(scenario)
+    within = {EARLY4: EARLY2, ODD4: ODD2}  # Δ within each fusion group; ODD2 vs. EARLY2 is across groups
+    tests = expected_tests(scenario, within)
+    csv_rows = {r["arm"]: r for r in read_csv(index.parent / "tables" / "two_axis.csv")}
     for r, depth in enumerate((2, 4)):
         row = table[2 + r]
         assert row[0][0] == str(depth)
@@ -351,12 +365,28 @@ def test_two_axis_table_has_depth_rows_and_fusion_groups(full):
             other = f"model.fusion={fusion}, model.depth={6 - depth}"
             for k, m in enumerate(AGG):
                 mean, std, n = expected[arm][m]
-                text, bold = row[1 + 4 * g + k]
+                text, bold = row[1 + 5 * g + k]
                 assert text == fmt(mean, std, n)
                 assert bold == (mean == best(m, [mean, expected[other][m][0]]))
+            delta = row[1 + 5 * g + 4][0]
+            assert csv_rows[arm]["baseline"] == within.get(arm, "")
+            if arm not in within:
+                assert delta == "" and csv_rows[arm]["ap_macro_delta"] == ""
+                continue
+            test = tests["ap_macro"][arm]
+            mark = "*" if not isinstance(test, int) and test[3] <= 0.05 else ""
+            assert delta == f"{expected[arm]['ap_macro'][0] - expected[other]['ap_macro'][0]:+.4f}{mark}"
+            for m in AGG:
+                if isinstance(tests[m][arm], int):
+                    assert csv_rows[arm][f"{m}_p_holm"] == "" and csv_rows[arm][f"{m}_outcome"] == "too few pairs"
+                else:  # one test in this table's family: Holm leaves p as it is
+                    assert float(csv_rows[arm][f"{m}_p_holm"]) == pytest.approx(tests[m][arm][3], rel=1e-9)
+                    assert tests[m][arm][3] == tests[m][arm][2]
     tex = (index.parent / "tables" / "two_axis.tex").read_text()
-    assert r"\multicolumn{4}{c}{model.fusion=early}" in tex and r"\cmidrule(lr){2-5}" in tex
-    assert r"\multicolumn{4}{c}{model.fusion=sct \&\textless{}\textgreater{}" in tex
+    assert r"\multicolumn{5}{c}{model.fusion=early}" in tex and r"\cmidrule(lr){2-6}" in tex
+    assert r"\multicolumn{5}{c}{model.fusion=sct \&\textless{}\textgreater{}" in tex
+    page = index.read_text(encoding="utf-8")
+    assert "Each group&#x27;s reference row is compared along model.fusion in the aggregate table" in page
 
 
 def test_reference_and_search_tables(full):
@@ -492,7 +522,8 @@ def test_edge_study_with_a_zero_complete_arm_one_seed_and_no_flagged_baseline(ed
     assert "quick-banner" not in page and "two_axis" not in page and "search-history" not in page
     rows = {r[0][0].removesuffix(" (baseline)"): r for r in page_tables(index)["aggregate"][1:]}
     assert [c[0] for c in rows["broken"][1:6]] == ["0/2", "—", "—", "—", "—"]
-    assert rows["broken"][10][0] == "seed 0 failed (ValueError: loss is NaN); seed 1 running"
+    assert rows["broken"][11][0] == "seed 0 failed (ValueError: loss is NaN); seed 1 running"
+    assert rows["deep"][10][0] == "shallow" and rows["shallow"][10][0] == ""
     assert rows["deep"][2][0] == "0.7900 ± –" and rows["deep"][1][0] == "1/2"
     mean, std, _ = summary([0.81, 0.83])
     assert rows["shallow"][2] == (f"{mean:.4f} ± {std:.4f}", True)
@@ -575,3 +606,167 @@ def test_holm_adjusts_step_down():
 
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert holm([0.5, 0.001]) == pytest.approx([0.5, 0.002])
+
+
+def test_paired_differences_without_variance_are_no_test_and_never_significant():
+    from mmvit.report.stats import compared_tests
+
+    base = {0: 0.80, 1: 0.83, 2: 0.79}
+    shifted = {s: v + 0.01 for s, v in base.items()}  # float rounding leaves differences ~1e-17 apart
+    noisy = {0: 0.90, 1: 0.92, 2: 0.905}
+    with np.errstate(all="ignore"):
+        assert not stats.ttest_rel(list(shifted.values()), list(base.values())).pvalue >= 0.05, "scipy: p ≈ 0 or NaN"
+    tests = compared_tests({"shifted": (shifted, base), "same": (dict(base), base), "noisy": (noisy, base)})
+    for name, value in (("shifted", 0.01), ("same", 0.0)):
+        test = tests[name]
+        assert (test.zero_variance, test.p, test.p_holm, test.significant, test.tested) == (
+            True, None, None, False, False)
+        assert test.outcome == "zero variance" and test.mean_difference == pytest.approx(value, abs=1e-12)
+    assert tests["shifted"].describe() == "zero variance: all 3 differences equal +0.01; no t-test"
+    assert tests["same"].describe() == "zero variance: all 3 differences equal 0 (identical runs); no t-test"
+    t, p = paired_t(list(noisy.values()), list(base.values()))
+    assert tests["noisy"].p_holm == pytest.approx(p, rel=1e-9), "the family holds only the t-tests"
+    assert tests["noisy"].outcome == "tested" and tests["noisy"].t == pytest.approx(t, rel=1e-9)
+    two = compared_tests({"a": ({0: 1, 1: 2}, {0: 0, 1: 0})})["a"]
+    assert (two.outcome, two.p, two.zero_variance) == ("too few pairs", None, False)
+
+
+@pytest.fixture(scope="module")
+def old(tmp_path_factory):
+    from mmvit.report import build_report
+
+    folder = tmp_path_factory.mktemp("old")
+    scenario = full_scenario(folder, per_axis=False)
+    assert all("compare_with" not in arm for arm in scenario.arms), "written the way studies were stored before"
+    return scenario, build_report(scenario.name, scenario.url, folder / "report")
+
+
+def test_a_study_stored_before_per_axis_comparisons_reports_against_its_one_baseline(old):
+    scenario, index = old
+    compare = {a["name"]: EARLY4 for a in scenario.arms if a["name"] != EARLY4}
+    tests, expected = expected_tests(scenario, compare), expected_arms(scenario)
+    rows = {r["arm"]: r for r in read_csv(index.parent / "tables" / "aggregate.csv")}
+    assert {name: row["baseline"] for name, row in rows.items()} == {**compare, EARLY4: ""}
+    for name, other in compare.items():
+        for m in AGG:
+            assert float(rows[name][f"{m}_delta"]) == pytest.approx(expected[name][m][0] - expected[other][m][0])
+            if not isinstance(tests[m][name], int):
+                assert float(rows[name][f"{m}_p_holm"]) == pytest.approx(tests[m][name][3], rel=1e-9)
+    page_rows = {r[0][0].removesuffix(" (baseline)"): r for r in page_tables(index)["aggregate"][1:]}
+    for name, cells in _expected_aggregate_cells(scenario, compare).items():
+        assert page_rows[name][2:11] == cells, name
+    page = index.read_text(encoding="utf-8")
+    assert "recorded before comparisons were per axis" in page and 'id="baseline-note"' not in page
+    pivot = {r["arm"]: r for r in read_csv(index.parent / "tables" / "two_axis.csv")}
+    assert {name: row["baseline"] for name, row in pivot.items()} == {EARLY2: EARLY4, EARLY4: "", ODD2: "", ODD4: ""}
+
+
+AUG = "model.fusion={}, augmentation={}"
+AUG_COMPARE = {AUG.format("early", label): AUG.format("early", "standard")
+               for label in ("desynchronised", "modality_drop", "all")}
+AUG_COMPARE.update({AUG.format("sct", label): AUG.format("sct", "standard")
+                    for label in ("desynchronised", "modality_drop", "all")})
+AUG_COMPARE[AUG.format("sct", "standard")] = AUG.format("early", "standard")
+"""search_spaces/augmentation.yaml's comparisons, by hand: early arms vs. early/standard, sct arms vs.
+sct/standard, sct/standard vs. early/standard."""
+FLAT = {AUG.format("early", "modality_drop"): "+0.01", AUG.format("sct", "desynchronised"): "0 (identical runs)"}
+"""The augmentation scenario's zero-variance comparisons and their constant difference."""
+
+
+def _holm_family(scenario, compare: dict[str, str], metric: str) -> dict[str, float]:
+    """Holm p by hand over the t-tests of one table and metric (zero-variance comparisons are none)."""
+    raw = {}
+    for name, other in compare.items():
+        if name not in FLAT:
+            seeds = sorted(scenario.test[name])
+            raw[name] = paired_t([scenario.test[name][s][metric] for s in seeds],
+                                 [scenario.test[other][s][metric] for s in seeds])[1]
+    return holm_by_hand(raw)
+
+
+@pytest.fixture(scope="module")
+def augmentation(tmp_path_factory):
+    from mmvit.report import build_report
+
+    folder = tmp_path_factory.mktemp("augmentation")
+    scenario = augmentation_scenario(folder)
+    return scenario, build_report(scenario.name, scenario.url, folder / "report")
+
+
+def test_augmentation_study_compares_each_arm_within_its_fusion_group(augmentation):
+    scenario, index = augmentation
+    rows = {r["arm"]: r for r in read_csv(index.parent / "tables" / "aggregate.csv")}
+    assert {name: row["baseline"] for name, row in rows.items() if row["baseline"]} == AUG_COMPARE
+    assert rows[AUG.format("early", "standard")]["baseline"] == ""
+    assert rows[AUG.format("sct", "standard")]["axis"] == "model.fusion"
+    assert {rows[name]["axis"] for name in AUG_COMPARE if name != AUG.format("sct", "standard")} == {"augmentation"}
+    page = {r[0][0].removesuffix(" (baseline)"): r for r in page_tables(index)["aggregate"][1:]}
+    assert {name: row[10][0] for name, row in page.items() if row[10][0]} == AUG_COMPARE
+    expected = expected_arms(scenario)
+    for name, other in AUG_COMPARE.items():
+        delta = expected[name]["ap_macro"][0] - expected[other]["ap_macro"][0]
+        assert float(rows[name]["ap_macro_delta"]) == pytest.approx(delta, abs=1e-12)
+
+
+def test_holm_runs_over_the_comparisons_of_one_table_and_metric(augmentation):
+    scenario, index = augmentation
+    aggregate = {r["arm"]: r for r in read_csv(index.parent / "tables" / "aggregate.csv")}
+    pivot = {r["arm"]: r for r in read_csv(index.parent / "tables" / "two_axis.csv")}
+    within = {k: v for k, v in AUG_COMPARE.items() if k != AUG.format("sct", "standard")}
+    assert {name: row["baseline"] for name, row in pivot.items() if row["baseline"]} == within
+    for m in AGG:
+        whole, grouped = _holm_family(scenario, AUG_COMPARE, m), _holm_family(scenario, within, m)
+        assert len(whole) == 5 and len(grouped) == 4
+        for name, p in whole.items():
+            assert float(aggregate[name][f"{m}_p_holm"]) == pytest.approx(p, rel=1e-9), (name, m)
+        for name, p in grouped.items():
+            assert float(pivot[name][f"{m}_p_holm"]) == pytest.approx(p, rel=1e-9), (name, m)
+    page = index.read_text(encoding="utf-8")
+    assert "per metric (5 t-test(s); α = 0.05)" in page and "per metric (4 t-test(s); α = 0.05)" in page
+
+
+def test_zero_variance_comparisons_are_reported_as_such(augmentation):
+    scenario, index = augmentation
+    aggregate = {r["arm"]: r for r in read_csv(index.parent / "tables" / "aggregate.csv")}
+    significance = read_csv(index.parent / "tables" / "significance.csv")
+    page = {r[0][0].removesuffix(" (baseline)"): r for r in page_tables(index)["aggregate"][1:]}
+    for name, value in FLAT.items():
+        for m in AGG:
+            row = aggregate[name]
+            assert (row[f"{m}_outcome"], row[f"{m}_p"], row[f"{m}_p_holm"], row[f"{m}_significant"]) == (
+                "zero variance", "", "", "False")
+        assert not any(cell[0].endswith("*") for cell in page[name][6:10])
+        verdicts = {r["metric"]: r for r in significance if r["arm"] == name}
+        assert {r["outcome"] for r in verdicts.values()} == {"zero variance"}
+        assert {r["significant"] for r in verdicts.values()} == {""}
+    sig_page = page_tables(index)["significance"]
+    verdict = {(r[0][0], r[2][0]): r[8][0] for r in sig_page[1:]}
+    assert verdict[AUG.format("early", "modality_drop"), "AP macro"] == (
+        "zero variance: all 3 differences equal +0.01; no t-test")
+    assert verdict[AUG.format("sct", "desynchronised"), "HL"] == (
+        "zero variance: all 3 differences equal 0 (identical runs); no t-test")
+    text = html.unescape(index.read_text(encoding="utf-8"))
+    assert f"{AUG.format('early', 'modality_drop')} on AP micro, AP macro, F2, HL (zero variance" in text
+    method = text.split('id="section-tests"', 1)[1].split("</section>", 1)[0]
+    for words in ("paired t-test over the seeds both arms finished", "two-sided, α = 0.05",
+                  "comparisons of one table and one metric", "approximately normal", "at least 3 pairs",
+                  "Zero variance means all n paired differences are the same number"):
+        assert words in method, words
+
+
+def test_a_baseline_in_the_study_file_moves_the_reference_levels(tmp_path):
+    from mmvit.report import build_report
+
+    scenario = augmentation_scenario(tmp_path, baseline={"augmentation": "all", "model.fusion": "sct"})
+    index = build_report(scenario.name, scenario.url, tmp_path / "report")
+    rows = {r["arm"]: r["baseline"] for r in read_csv(index.parent / "tables" / "aggregate.csv")}
+    assert rows == {AUG.format("early", "standard"): AUG.format("early", "all"),
+                    AUG.format("early", "desynchronised"): AUG.format("early", "all"),
+                    AUG.format("early", "modality_drop"): AUG.format("early", "all"),
+                    AUG.format("early", "all"): AUG.format("sct", "all"),
+                    AUG.format("sct", "standard"): AUG.format("sct", "all"),
+                    AUG.format("sct", "desynchronised"): AUG.format("sct", "all"),
+                    AUG.format("sct", "modality_drop"): AUG.format("sct", "all"),
+                    AUG.format("sct", "all"): ""}
+    table = page_tables(index)["aggregate"]
+    assert [r[0][0] for r in table[1:] if r[0][0].endswith(" (baseline)")] == [f"{AUG.format('sct', 'all')} (baseline)"]

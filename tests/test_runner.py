@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from mmvit.cli import app
 from mmvit.errors import StudyError
-from mmvit.study.runner import StudyJob, config_key, run_study
+from mmvit.study.runner import StudyJob, run_study
+from mmvit.study.trial import checkpoint_folder
 from mmvit.study.spec import load_spec, parse_spec
 from mmvit.study.shared_path import trial_checkpoints
 from mmvit.study.storage import open_storage, storage_url
@@ -114,7 +115,7 @@ def test_interrupted_trial_resumes_from_its_checkpoint(ray_session, tmp_path, de
     def die(record, _):
         raise Killed
 
-    with pytest.raises(Killed), trial_checkpoints(f"{job.checkpoints}/{config_key(config)}") as (folder, publish):
+    with pytest.raises(Killed), trial_checkpoints(checkpoint_folder(job.checkpoints, "final", config)) as (folder, publish):
         train_trial(config, checkpoint_dir=folder, on_epoch=lambda record, _: (publish(), die(record, _)))
 
     summary = run_study(path, **kwargs)
@@ -129,8 +130,9 @@ def test_interrupted_trial_resumes_from_its_checkpoint(ray_session, tmp_path, de
     assert resumed.user_attrs["epochs_run"] == 2
     if shared:  # everything of the study but its storage went to the store
         bucket = tmp_path / "bucket" / "killed"
-        assert {p.name for p in (bucket / "checkpoints").iterdir()} == {t.user_attrs["config_key"] for t in complete}
-        assert all((bucket / "checkpoints" / t.user_attrs["config_key"] / "last.pt").is_file() for t in complete)
+        assert {p.name for p in (bucket / "checkpoints").iterdir()} == {"final"}, "final trials' namespace"
+        assert {p.name for p in (bucket / "checkpoints" / "final").iterdir()} == {t.user_attrs["config_key"] for t in complete}
+        assert all((bucket / "checkpoints" / "final" / t.user_attrs["config_key"] / "last.pt").is_file() for t in complete)
         assert any((bucket / "ray").iterdir()), "Ray's results"
         assert not (tmp_path / "studies" / "killed" / "checkpoints").exists()
         assert not (tmp_path / "studies" / "killed" / "ray").exists()
@@ -190,6 +192,20 @@ def test_search_prunes_with_asha_per_arm_and_trains_each_arms_best(ray_session, 
     early = optuna.create_study(storage=storage, study_name="tuned/search/model.fusion=early", direction="maximize")
     early.add_trial(create_trial(params={"train.lr": 1e-3}, distributions={"train.lr": FloatDistribution(1e-4, 1e-2, log=True)},
                                  value=0.99, intermediate_values={1: 0.99, 2: 0.99}))
+    # An epoch-1 checkpoint of the early arm's final configuration (its best lr, seed 0) in the
+    # search namespace — what a search on a final seed used to leave: the final trial must not use it.
+    spec = load_spec(path)
+    job = StudyJob(spec, "", "quick", str(demo_root), str(tmp_path / "studies" / "tuned" / "checkpoints"), spec.arms)
+    winner = job.resolve(0, 0, {"train.lr": 1e-3})
+
+    class Stop(Exception):
+        pass
+
+    def stop(record, _):
+        raise Stop
+
+    with pytest.raises(Stop), trial_checkpoints(checkpoint_folder(job.checkpoints, "search", winner)) as (folder, publish):
+        train_trial(winner, checkpoint_dir=folder, on_epoch=lambda record, _: (publish(), stop(record, _)))
     summary = run_study(path, studies_dir=tmp_path / "studies", data=str(demo_root), profile="quick", reports_dir=None)
     assert summary.search_trials == 2 + 3 and summary.failed == []
 
@@ -205,12 +221,25 @@ def test_search_prunes_with_asha_per_arm_and_trains_each_arms_best(ray_session, 
 
     final = {t.user_attrs["arm"]: t for t in _study(tmp_path, "tuned").get_trials()}
     assert [t.state for t in final.values()] == [TrialState.COMPLETE] * 2
+    searched = new_early + sct
+    assert {(t.user_attrs["seed"], t.user_attrs["config"]["seed"]) for t in searched} == {(spec.search_seed,) * 2}
+    assert spec.search_seed not in spec.seeds
+    assert not [t.number for t in searched if {"test", "ap_per_class_test"} & set(t.user_attrs)], "no test metrics"
+    assert all(t.user_attrs["seed"] == 0 and "ap_macro" in t.user_attrs["test"] for t in final.values())
+    assert final["model.fusion=early"].user_attrs["config"] == winner.model_dump(mode="json")
+    assert "resumed_from_epoch" not in final["model.fusion=early"].user_attrs, "trained from scratch"
+    assert final["model.fusion=early"].user_attrs["epochs_run"] == 2
+    from mmvit.report.records import load_study_record
+
+    record = load_study_record("tuned", storage_url("tuned", tmp_path / "studies"))
+    assert all(t.test == {} for s in record.search for t in s.trials) and len(record.trials) == 2
     assert final["model.fusion=early"].user_attrs["search_params"] == {"train.lr": 1e-3}
     assert final["model.fusion=sct"].user_attrs["search_params"] == best_sct.params
     assert final["model.fusion=sct"].user_attrs["config"]["train"]["lr"] == best_sct.params["train.lr"]
     attrs = _study(tmp_path, "tuned").user_attrs
     assert attrs["search_studies"] == ["tuned/search/model.fusion=early", "tuned/search/model.fusion=sct"]
-    assert [a["baseline"] for a in attrs["arms"]] == [False, True], "the default fusion is sct"
+    assert [(a["baseline"], a["compare_with"], a["axis"]) for a in attrs["arms"]] == [
+        (True, None, None), (False, "model.fusion=early", "model.fusion")], "the first listed fusion is the reference"
 
     again = run_study(path, studies_dir=tmp_path / "studies", data=str(demo_root), profile="quick", reports_dir=None)
     assert (again.search_trials, again.ran) == (0, 0), "a finished search is not searched again"

@@ -51,6 +51,14 @@ def test_digest_changes_with_content():
     assert parse_spec(GOOD).digest() != parse_spec(GOOD.replace("[0, 1, 2]", "[0, 1]")).digest()
 
 
+def test_baseline_is_a_reporting_choice_not_identity():
+    spec = parse_spec(GOOD + "baseline: {model.depth: 4, model.fusion: sct}\n", check_models=False)
+    assert spec.baseline == {"model.depth": 4, "model.fusion": "sct"}
+    assert spec.digest() == parse_spec(GOOD, check_models=False).digest()
+    listed = "study: x\nablate:\n  - {name: '1+7', model.depth: 2}\n  - {name: '4+4', model.depth: 4}\nbaseline: '4+4'\n"
+    assert parse_spec(listed, check_models=False).baseline == "4+4"
+
+
 NAMED_AND_LISTED = """\
 study: forms
 base:
@@ -118,6 +126,8 @@ BAD = [  # (file text, line, words the message must hold)
     ("study: 'my study/1'\n", 1, ["names a folder"]),
     ("study: x\nresources: {cpu: 0}\n", 2, ["resources.cpu", "greater than 0"]),
     ("study: x\nresources: {gpu: -1}\n", 2, ["resources.gpu"]),
+    ("study: x\nseeds: [0, 1]\nsearch:\n  seed: 1\n  params:\n    train.lr: {type: float, low: 0.1, high: 1}\n", 4,
+     ["search.seed must not be one of `seeds`", "search.seed=1 with seeds [0, 1]"]),
     ("study: x\nmax_concurrent: 0\n", 2, ["max_concurrent"]),
     ("study: x\nseed: [0]\n", 2, ["seed is not a known key", "did you mean 'seeds'"]),
     ("study: x\nbase:\n  model: {depht: 4}\n", 3, ["model.depht is not a known key", "did you mean 'depth'"]),
@@ -146,6 +156,18 @@ BAD = [  # (file text, line, words the message must hold)
      6, ["not a fraction", "0.653"]),
     ("study: x\nablate:\n  model.depth: [2]\nreference:\n  citation: thesis\n  arms:\n    model.depth=2: {ap_macr: 0.6}\n",
      6, ["did you mean 'ap_macro'"]),
+    ("study: x\nablate:\n  model.depth: [2, 4]\nbaseline: {model.dept: 4}\n", 4,
+     ["baseline names the axis 'model.dept'", "did you mean 'model.depth'"]),
+    ("study: x\nablate:\n  model.depth: [2, 4]\nbaseline:\n  model.depth: 6\n", 5,
+     ["model.depth = 6 is not one of that axis's values (2, 4)"]),
+    ("study: x\nablate:\n  augmentation:\n    all: {augment.synchronised: false}\n    none: {augment.flip: true}\n"
+     "baseline: {augmentation: some}\n", 6, ["augmentation = 'some' is not one of that axis's labels ('all', 'none')"]),
+    ("study: x\nablate:\n  model.depth: [2, 4]\nbaseline: model.depth=4\n", 4,
+     ["for a product of axes, give each axis's reference level as a mapping", "baseline: {model.depth: …}"]),
+    ("study: x\nablate:\n  - {name: a, model.depth: 2}\n  - {name: b, model.depth: 4}\nbaseline: {model.depth: 2}\n", 5,
+     ["the arms are an explicit list, so name one arm", "baseline: 'a'"]),
+    ("study: x\nablate:\n  - {name: a, model.depth: 2}\n  - {name: b, model.depth: 4}\nbaseline: c\n", 5,
+     ["baseline names the arm 'c', which is not an arm of this study", "the arms are: a; b"]),
 ]
 
 
@@ -168,8 +190,32 @@ def test_validate_prints_the_plan(tmp_path):
     path.write_text(GOOD)
     result = runner.invoke(app, ["validate", str(path), "--train-patches", "1000"])
     assert result.exit_code == 0, result.output
-    assert "4 arm(s) × 3 seed(s)" in result.output and "= 32 trial(s)" in result.output
+    assert "4 arm(s) × 3 seed(s)" in result.output and "= 32 trial(s) (full profile)" in result.output
+    assert "search trial(s) per arm on seed 10000" in result.output
     assert "GPU-hours" in result.output and "minimize" in result.output
+    assert "no paired test" not in result.output
+
+
+def test_validate_plans_what_run_runs_in_the_profile_and_warns_below_three_seeds(tmp_path):
+    from mmvit.study.trial import SMOKE_SEARCH_TRIALS
+
+    path = tmp_path / "good.yaml"
+    path.write_text(GOOD)
+    smoke = runner.invoke(app, ["validate", str(path), "--profile", "smoke"])
+    assert smoke.exit_code == 0, smoke.output
+    assert f"4 arm(s) × 1 seed(s) [0] + {SMOKE_SEARCH_TRIALS} tpe search trial(s)" in smoke.output
+    assert f"= {4 * (1 + SMOKE_SEARCH_TRIALS)} trial(s) (smoke profile)" in smoke.output
+    assert "128 training patches" in smoke.output, "the smoke profile's training subset"
+    path.write_text(GOOD.replace("seeds: [0, 1, 2]", "seeds: [0, 1]"))
+    two = runner.invoke(app, ["validate", str(path)])
+    assert two.exit_code == 0, two.output
+    assert "Warning: 2 seed(s): fewer than three paired seeds, so no paired test will run" in " ".join(two.output.split())
+
+
+def test_the_search_seed_is_never_a_final_seed():
+    assert parse_spec(GOOD).search_seed == 10_000
+    assert parse_spec(GOOD.replace("seeds: [0, 1, 2]", "seeds: [3, 10000]")).search_seed == 10_001
+    assert parse_spec(GOOD.replace("  sampler: tpe\n", "  sampler: tpe\n  seed: 7\n")).search_seed == 7
 
 
 def test_the_readme_example_study_file_is_valid():

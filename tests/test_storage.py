@@ -78,6 +78,21 @@ def test_spec_changes_ignores_description():
     assert spec_changes({"description": "a", "seeds": [0]}, {"description": "b", "seeds": [0]}) == ([], [])
 
 
+def test_a_new_baseline_is_no_change_of_the_study(tmp_path):
+    assert spec_changes({"seeds": [0]}, {"seeds": [0], "baseline": {"model.depth": 4}}) == ([], [])
+    _open(tmp_path)
+    _, additions = _open(tmp_path, SPEC + "baseline: {model.depth: 4, model.fusion: sct}\n")
+    assert additions == []
+
+
+def test_resources_are_not_identity_a_resumed_study_may_use_others(tmp_path):
+    _open(tmp_path, SPEC + "resources: {cpu: 1, gpu: 0}\n")
+    study, additions = _open(tmp_path, SPEC + "resources: {cpu: 4, gpu: 0.5}\n")  # not refused
+    assert additions == []
+    _open(tmp_path)  # nor is leaving them out (chosen at run time)
+    assert parse_spec(SPEC + "resources: {gpu: 1}\n").digest() == parse_spec(SPEC).digest()
+
+
 def test_unreachable_storage_is_a_clear_error():
     with pytest.raises(StudyError, match="Cannot open the study storage postgresql://u:\\*\\*\\*@127.0.0.1:1/x"):
         open_storage("postgresql://u:pw@127.0.0.1:1/x")

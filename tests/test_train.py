@@ -74,6 +74,25 @@ def test_best_epoch_on_validation_and_test_at_best(demo_root, tmp_path):
     assert test["ap_macro"] == pytest.approx(result.test["ap_macro"], abs=1e-9)
 
 
+def test_without_test_the_test_split_is_never_read(demo_root, tmp_path):
+    """A search trial (test=False) measures nothing on the test split: selection sees validation only."""
+    import dataclasses
+
+    class Untouchable(torch.utils.data.Dataset):
+        def __len__(self):
+            raise AssertionError("the test split was read")
+
+        def __getitem__(self, index):
+            raise AssertionError("the test split was read")
+
+    config = _config(demo_root, tmp_path, epochs=1)
+    data = dataclasses.replace(build_datasets(config), test=Untouchable())
+    result = train_trial(config, data=data, checkpoint_dir=tmp_path / "ckpt", test=False)
+    assert result.test == {} and result.best_epoch == 1 and "ap_macro" in result.validation
+    with pytest.raises(AssertionError, match="the test split was read"):
+        train_trial(config, data=data)
+
+
 def test_train_command_prints_both_tables(demo_root, tmp_path):
     result = CliRunner().invoke(app, [
         "train", "--data", str(demo_root), "--set", "model.fusion=sct", "--set", "train.epochs=1",

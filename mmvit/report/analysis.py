@@ -2,8 +2,10 @@
 
 Test metrics are the ``test`` attribute of each COMPLETE final trial: the test split measured
 once, at the epoch that was best on validation. An arm's number is the mean ± sample std over
-its complete seeds; its Δ is the difference of means to the baseline arm; its significance is
-the paired test of :mod:`mmvit.report.stats` over the seeds both finished.
+its complete seeds; its Δ is the difference of means to its own comparison arm (the arm that
+differs from it in one axis, at that axis's reference level: :func:`mmvit.study.arms.comparisons`,
+recorded by the runner); its significance is the paired test of :mod:`mmvit.report.stats` over the
+seeds both finished, Holm-corrected over the comparisons of one table and metric.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from mmvit.report.records import INTERRUPTED, LOWER_IS_BETTER, METRICS, ArmRecord, StudyRecord, TrialRecord
-from mmvit.report.stats import PairedTest, Summary, paired_tests, summarize
+from mmvit.report.stats import PairedTest, Summary, compared_tests, summarize
 
 
 @dataclass(frozen=True)
@@ -111,13 +113,17 @@ def arm_results(record: StudyRecord) -> dict[str, ArmResult]:
     return results
 
 
-def baseline_tests(record: StudyRecord, results: dict[str, ArmResult]) -> dict[str, dict[str, PairedTest]]:
-    """metric → arm → paired test against the baseline (non-baseline arms only)."""
-    if record.baseline is None:
-        return {m: {} for m in METRICS}
-    base = results[record.baseline.name]
-    others = [r for name, r in results.items() if name != record.baseline.name]
-    return {m: paired_tests(base.seed_values(m), {r.arm.name: r.seed_values(m) for r in others}) for m in METRICS}
+def comparison_pairs(record: StudyRecord) -> dict[str, str]:
+    """arm → the arm its Δ is against, for every arm that has one (arm order)."""
+    return {a.name: a.compare_with for a in record.arms if a.compare_with is not None}
+
+
+def comparison_tests(results: dict[str, ArmResult], pairs: dict[str, str]) -> dict[str, dict[str, PairedTest]]:
+    """metric → arm → paired test against ``pairs[arm]``. One call is one Holm family per metric:
+    pass the comparisons one table shows."""
+    pairs = {arm: other for arm, other in pairs.items() if arm in results and other in results}
+    return {m: compared_tests({arm: (results[arm].seed_values(m), results[other].seed_values(m))
+                               for arm, other in pairs.items()}) for m in METRICS}
 
 
 def training_frequency(record: StudyRecord) -> list[int] | None:
@@ -158,8 +164,10 @@ def label_text(value: Any) -> str:
 
 def product_axes(arms: list[ArmRecord]) -> tuple[str, str] | None:
     """(row axis, column axis) when every arm has exactly the same two axes and the arms are their
-    full product, each combination once. Rows get the axis with more values (Table 7.8: depth
-    rows, fusion column groups); on a tie, the second axis."""
+    full product, each combination once. Rows get the inner (second listed) axis and column
+    groups the outer one, so a Δ within a column group is along the rows, as each arm's own
+    comparison is (the thesis files list the axis with fewer values first: Table 7.8's depth
+    rows and fusion column groups)."""
     names = axes(arms)
     if len(names) != 2 or any(set(a.labels) != set(names) for a in arms):
         return None
@@ -168,7 +176,7 @@ def product_axes(arms: list[ArmRecord]) -> tuple[str, str] | None:
     n1, n2 = len(axis_values(arms, first)), len(axis_values(arms, second))
     if len(combos) != len(arms) or len(arms) != n1 * n2 or n1 < 2 or n2 < 2:
         return None
-    return (first, second) if n1 > n2 else (second, first)
+    return second, first
 
 
 def find_arm(arms: list[ArmRecord], labels: dict[str, Any]) -> ArmRecord | None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mmvit.report.analysis import arm_results, baseline_tests
+from mmvit.report.analysis import arm_results, comparison_pairs, comparison_tests
 from mmvit.report.figures import all_figures
 from mmvit.report.formats import atomic_write, write_exports
 from mmvit.report.overview import overview
@@ -39,7 +39,7 @@ def build_report(study_name: str, storage_url: str, out_dir: Path) -> Path:
     tables_dir = out_dir / "tables"
     tables_dir.mkdir(parents=True, exist_ok=True)
     results = arm_results(record)
-    tests = baseline_tests(record, results)
+    tests = comparison_tests(results, comparison_pairs(record))  # the aggregate table's family
     tables = all_tables(record, results, tests)
     exported = []
     for table in tables:

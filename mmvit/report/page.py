@@ -20,7 +20,8 @@ from mmvit.report.figures import FigureSection
 from mmvit.report.formats import to_html
 from mmvit.report.overview import Overview
 from mmvit.report.records import METRIC_NAMES, StudyRecord
-from mmvit.report.tables import Table
+from mmvit.report.stats import ALPHA, MIN_PAIRS
+from mmvit.report.tables import SIGNIFICANT, Table
 
 PLOTLY_JS = "plotly.min.js"
 
@@ -112,7 +113,8 @@ def header_html(record: StudyRecord, view: Overview) -> str:
             ("Archive", record.archive or "not recorded"), ("Storage", record.storage),
             ("Selection metric", f"validation {METRIC_NAMES.get(record.metric, record.metric)} (best epoch)"),
             ("Seeds", ", ".join(str(s) for s in record.seeds) or "not recorded"),
-            ("Arms", f"{len(record.arms)}" + (f"; baseline {record.baseline.name}" if record.baseline else "")),
+            ("Arms", f"{len(record.arms)}" + (f"; reference {record.baseline.name}" if record.baseline else "")
+             + ("; Δ per axis (see the vs. columns)" if record.per_axis and any(a.axis for a in record.arms) else "")),
             ("Git commit", env.get("git_commit") or "not recorded"), ("Package versions", versions_text),
             ("First trial started", _when(view.first_start)), ("Last trial finished", _when(view.last_complete)),
             ("Report generated", _when(record.loaded_at)),
@@ -142,6 +144,25 @@ def table_html(table: Table, exports: dict[str, str]) -> str:
             f'<div class="table-wrap">{to_html(table)}</div>{notes}<p class="exports">Export: {links}</p></section>')
 
 
+TESTS_NOTE = (
+    "Each Δ is an arm's mean minus the mean of the arm named under vs. (its comparison arm). The marker "
+    "{star} comes from a paired t-test over the seeds both arms finished — seed k of one arm against seed k of "
+    "the other (scipy.stats.ttest_rel, two-sided, α = {alpha}). Holm's step-down correction runs over one "
+    "family: the comparisons of one table and one metric, so each table states how many tests it corrected "
+    "for. The test assumes paired seeds (the same data order, augmentation draws and initialisation where "
+    "shapes allow), approximately normal paired differences, and at least {pairs} pairs; with fewer there is "
+    "no test and no marker. Zero variance means all n paired differences are the same number (identical runs, "
+    "or a shift that is exactly equal in every seed): t would divide by zero, so the tables say \"zero "
+    "variance: all n differences equal X; no t-test\" instead of a p-value, and never mark it significant. "
+    "No marker is not evidence of no difference: three seeds detect only large, consistent differences.")
+
+
+def tests_html() -> str:
+    """The short method note every Δ and marker on the page refers to."""
+    text = TESTS_NOTE.format(star=SIGNIFICANT, alpha=ALPHA, pairs=MIN_PAIRS)
+    return f'<section id="section-tests"><h2>How the tests work</h2><p class="note">{e(text)}</p></section>'
+
+
 def figure_html(section: FigureSection) -> str:
     body = ""
     if section.figure is not None:
@@ -157,13 +178,14 @@ def render_page(record: StudyRecord, view: Overview, tables: list[tuple[Table, d
                 figures: list[FigureSection], trials_csv: str) -> str:
     """The whole page as a string; ``tables`` pairs each table with its export paths (relative)."""
     toc = [f'<li><a href="#section-{e(t.key)}">{e(t.title)}</a></li>' for t, _ in tables]
+    toc.append('<li><a href="#section-tests">How the tests work</a></li>')
     toc += [f'<li><a href="#section-figure-{e(f.key)}">{e(f.title)}</a></li>' for f in figures]
     parallel = [f for f in figures if f.key.startswith("search-parallel")]
     single = [f for f in figures if f not in parallel]
     body = [header_html(record, view),
             '<pre id="js-errors" hidden></pre>',
             '<nav><h2>Contents</h2><ul>' + "".join(toc) + "</ul></nav>",
-            *(table_html(t, paths) for t, paths in tables),
+            *(table_html(t, paths) for t, paths in tables), tests_html(),
             f'<p class="exports">Every trial of the main study: <a href="{e(trials_csv)}">trials.csv</a></p>',
             '<h2 id="figures">Figures</h2><div class="figures">', *(figure_html(f) for f in single), "</div>"]
     if parallel:

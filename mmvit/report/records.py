@@ -10,7 +10,7 @@ per table, not one per trial.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,12 +49,16 @@ def as_float(value: Any) -> float:
 
 @dataclass(frozen=True)
 class ArmRecord:
-    """One ablation point as the runner recorded it: ``labels`` (axis → value) name it in tables."""
+    """One ablation point as the runner recorded it: ``labels`` (axis → value) name it in tables;
+    its Δ is against ``compare_with`` (None: no Δ), which differs from it in ``axis`` only (None
+    for an arm list, or a study recorded before comparisons were per axis)."""
 
     index: int
     name: str
     labels: dict[str, Any]
     baseline: bool = False
+    compare_with: str | None = None
+    axis: str | None = None
 
 
 @dataclass
@@ -133,10 +137,18 @@ class StudyRecord:
     search: list[SearchRecord]
     loaded_at: datetime
     notes: list[str] = field(default_factory=list)
+    per_axis: bool = True
+    """False for a study recorded before per-axis comparisons: every Δ is against ``baseline``."""
 
     @property
     def metric(self) -> str:
         return str(self.spec.get("metric") or "ap_macro")
+
+    @property
+    def multi_axis(self) -> bool:
+        """A product of two or more axes: the ablation where one global baseline mixes axes."""
+        ablate = self.spec.get("ablate")
+        return isinstance(ablate, dict) and len(ablate) > 1
 
     @property
     def seeds(self) -> list[int]:
@@ -236,8 +248,8 @@ def _arms(study: optuna.Study, trials: list[TrialRecord], notes: list[str]) -> l
     if not recorded:
         notes.append("The study records no arms (user attribute `arms`): `mmvit-study run` has not reached it yet, "
                      "or another tool created the study. Arms are taken from the trials.")
-    arms = [ArmRecord(i, str(a["name"]), dict(a.get("labels") or {}), bool(a.get("baseline")))
-            for i, a in enumerate(recorded)]
+    arms = [ArmRecord(i, str(a["name"]), dict(a.get("labels") or {}), bool(a.get("baseline")),
+                      a.get("compare_with"), a.get("axis")) for i, a in enumerate(recorded)]
     known = {a.name for a in arms}
     extra = sorted({t.arm for t in trials if t.arm is not None and t.arm not in known})
     if extra:
@@ -245,6 +257,24 @@ def _arms(study: optuna.Study, trials: list[TrialRecord], notes: list[str]) -> l
             notes.append("Trials of arms the study no longer lists are shown as extra arms: " + "; ".join(extra) + ".")
         arms += [ArmRecord(len(arms) + i, name, {}) for i, name in enumerate(extra)]
     return arms
+
+
+def _comparisons(arms: list[ArmRecord], baseline: ArmRecord | None, per_axis: bool,
+                 notes: list[str]) -> list[ArmRecord]:
+    """Arms with what their Δ is against: as recorded, or — for a study recorded before
+    comparisons were per axis (no ``compare_with``) — the one baseline, as reports were then."""
+    known = {a.name for a in arms}
+    if per_axis:
+        lost = sorted({a.compare_with for a in arms if a.compare_with and a.compare_with not in known})
+        if lost:
+            notes.append("Comparison arms the study does not list: " + "; ".join(lost) + " (those arms get no Δ).")
+        return [a if a.compare_with in known or a.compare_with is None else replace(a, compare_with=None, axis=None)
+                for a in arms]
+    if arms:
+        notes.append("This study was recorded before comparisons were per axis: every Δ is against one baseline "
+                     "arm, across axes. Run `mmvit-study run` on its file again to record per-axis comparisons.")
+    return [replace(a, compare_with=None if baseline is None or a.name == baseline.name else baseline.name)
+            for a in arms]
 
 
 def _lite(trial: FrozenTrial) -> FrozenTrial:
@@ -291,10 +321,15 @@ def load_study_record(study_name: str, storage_url: str) -> StudyRecord:
     trials = [trial_record(t, now) for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
     trials = [t for t in trials if t.phase != "search"]
     arms = _arms(study, trials, notes)
+    per_axis = any("compare_with" in a for a in attrs.get("arms") or [])
     baseline = next((a for a in arms if a.baseline), None)
     assumed = baseline is None and bool(arms)
     if assumed:
         baseline = arms[0]
+    ablate = (attrs.get("spec") or {}).get("ablate")
+    mixed = bool(attrs.get("arms")) and isinstance(ablate, dict) and len(ablate) > 1  # a note only where it mattered
+    arms = _comparisons(arms, baseline, per_axis, notes if mixed else [])
+    baseline = arms[baseline.index] if baseline is not None else None
     labels = attrs.get("labels")
     if not labels:
         width = max((len(t.ap_per_class_test or []) for t in trials), default=0)
@@ -308,4 +343,4 @@ def load_study_record(study_name: str, storage_url: str) -> StudyRecord:
         environment=dict(attrs.get("environment") or {}), class_names=[str(x) for x in labels],
         reference=attrs.get("reference") or None, arms=arms, baseline=baseline, baseline_assumed=assumed,
         trials=trials, search=_search(storage, list(attrs.get("search_studies") or []), names, direction, now, notes),
-        loaded_at=now, notes=notes)
+        loaded_at=now, notes=notes, per_axis=per_axis)

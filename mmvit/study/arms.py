@@ -60,6 +60,52 @@ def ablated_keys(ablate: dict[str, Any] | list[dict[str, Any]]) -> set[str]:
     return {key for arm in arms_from_ablate(ablate) for key in arm.settings}
 
 
+# ---------------------------------------------------------------------------- comparisons
+
+@dataclass(frozen=True)
+class Comparison:
+    """What one arm's Δ and paired test are taken against: the arm ``compare_with`` (None: this
+    arm is the study's reference), which differs from it in ``axis`` only (None for an arm list)."""
+
+    compare_with: str | None
+    axis: str | None = None
+
+
+def _same(a: Any, b: Any) -> bool:
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def reference_levels(ablate: dict[str, Any], baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Each axis's reference level (a value, or a named axis's label): ``baseline:``'s, else the first listed."""
+    chosen = baseline or {}
+    return {axis: chosen[axis] if axis in chosen else next(iter(values)) for axis, values in ablate.items()}
+
+
+def comparisons(ablate: dict[str, Any] | list[dict[str, Any]], baseline: Any = None, *,
+                default: str | None = None) -> dict[str, Comparison]:
+    """arm name → :class:`Comparison`, in arm order. A Δ must never mix two axes, so in a product
+    each arm is compared with the arm that differs from it in one axis only, at that axis's
+    reference level; the axis is the innermost (last listed) one the arm is off its reference on,
+    so arms are compared within each group of the outer axes and each group's reference arm along
+    the next outer axis. An arm list compares every arm with one baseline arm: ``baseline``, else
+    ``default`` (the caller's arm equal to ``base``), else the first arm."""
+    arms = arms_from_ablate(ablate)
+    if isinstance(ablate, list):
+        reference = str(baseline) if baseline is not None else default or arms[0].name
+        return {arm.name: Comparison(None if arm.name == reference else reference) for arm in arms}
+    levels = reference_levels(ablate, baseline)
+    out = {}
+    for arm in arms:
+        off = [axis for axis in ablate if not _same(arm.labels[axis], levels[axis])]
+        if not off:
+            out[arm.name] = Comparison(None)
+            continue
+        target = {**arm.labels, off[-1]: levels[off[-1]]}
+        other = next(a for a in arms if all(_same(a.labels[k], v) for k, v in target.items()))
+        out[arm.name] = Comparison(other.name, off[-1])
+    return out
+
+
 def resolve(base: dict[str, Any], arm: Arm, seed: int, *, metric: str,
             profile: dict[str, Any] | None = None, params: dict[str, Any] | None = None) -> TrialConfig:
     """The full configuration of ``arm`` at ``seed``: thesis defaults < ``base`` < ``profile``

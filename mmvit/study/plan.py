@@ -1,8 +1,9 @@
-"""What a study runs: arms (the ablation grid) × seeds, plus per-arm search trials."""
+"""What a study runs: arms (the ablation grid) × seeds, plus per-arm search trials — in the profile
+``run`` uses (the smoke profile cuts seeds and search trials, quick and smoke shrink the budgets)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mmvit.study.arms import Arm
 from mmvit.study.spec import StudySpec
@@ -35,6 +36,11 @@ class ArmPlan:
 class StudyPlan:
     spec: StudySpec
     arms: list[ArmPlan]
+    seeds: list[int] = field(default_factory=list)
+    """The final seeds the profile runs."""
+    search_trials: int = 0
+    """Search trials per arm the profile runs."""
+    profile: str = "full"
 
     @property
     def total_trials(self) -> int:
@@ -48,17 +54,24 @@ class StudyPlan:
         return sum(flops) / (REFERENCE_TFLOPS * 1e12) / 3600
 
 
-def plan_study(spec: StudySpec, train_patches: int | None = None) -> StudyPlan:
-    """Resolve every arm; parameters and tokens from a model built on the meta device."""
+def plan_study(spec: StudySpec, train_patches: int | None = None, *, profile: str = "full") -> StudyPlan:
+    """Resolve every arm as ``run`` does in ``profile`` (:func:`mmvit.study.trial.profile_plan`);
+    parameters and tokens from a model built on the meta device."""
     from mmvit.study.shapes import model_shape
+    from mmvit.study.trial import profile_overrides, profile_plan
 
+    seeds, search_trials = profile_plan(spec, profile)
+    overrides = profile_overrides(spec, profile)
     plans = []
     for arm in spec.arms:
-        config = spec.resolve(arm, spec.seeds[0])
+        config = spec.resolve(arm, seeds[0], profile=overrides)
         shape = model_shape(config)
+        patches = train_patches
+        if patches is not None and config.data.max_train_patches is not None:
+            patches = min(patches, config.data.max_train_patches)
         plans.append(ArmPlan(
             name=arm.name, arm=arm, parameters=shape.parameters,
-            tokens=shape.tokens, epochs=config.train.epochs, train_patches=train_patches,
-            search_trials=spec.search.trials_per_arm if spec.search else 0, seed_trials=len(spec.seeds),
+            tokens=shape.tokens, epochs=config.train.epochs, train_patches=patches,
+            search_trials=search_trials, seed_trials=len(seeds),
         ))
-    return StudyPlan(spec, plans)
+    return StudyPlan(spec, plans, list(seeds), search_trials, profile)

@@ -89,10 +89,13 @@ class LiveView:
     """Redraws the study's progress every ``interval`` s in a thread while the study runs."""
 
     def __init__(self, url: str, study_name: str, *, seeds: int, direction: str, concurrency: int,
-                 search_budget: int, console: Console | None = None, interval: float = 2.0) -> None:
+                 search_budget: int, console: Console | None = None, interval: float = 2.0,
+                 note: str | None = None) -> None:
+        """``seeds`` and ``search_budget``: what this run plans per arm (its profile's), so the count
+        ends at n/n; ``note`` is added to the title (the run's resources per trial)."""
         better = (lambda a, b: a > b) if direction == "maximize" else (lambda a, b: a < b)
         self._args = (url, study_name, seeds, better)
-        self._title = f"{study_name} — {redact(url)}"
+        self._title = f"{study_name} — {redact(url)}" + (f" · {note}" if note else "")
         self._concurrency, self._budget, self._interval = concurrency, search_budget, interval
         self._console = console or Console()
         self._stop = threading.Event()

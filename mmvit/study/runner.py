@@ -15,6 +15,7 @@ trials, in the main Optuna study, make the tables.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +28,7 @@ import optuna
 from optuna.trial import TrialState
 
 from mmvit.errors import SpecError, StudyError
-from mmvit.study.arms import Arm
+from mmvit.study.arms import Arm, comparisons
 from mmvit.study.cluster import use_cluster_token
 from mmvit.study.claims import (HEARTBEAT_S, Heartbeats, fail_stale, live_running, new_driver_id, release_own,
                                  was_interrupted)
@@ -82,7 +83,7 @@ def resolve_data(data: str | None, spec: StudySpec, profile: str | None) -> tupl
 
 
 def baseline_index(spec: StudySpec, job: StudyJob) -> int | None:
-    """The arm whose configuration equals ``base`` (the Δ column's reference), if any."""
+    """The arm whose configuration equals ``base``, if any: an arm list's default baseline."""
     base = job.spec.resolve(Arm("base"), spec.seeds[0]).model_dump()
     for index, arm in enumerate(job.arms):
         if job.spec.resolve(arm, spec.seeds[0]).model_dump() == base:
@@ -91,12 +92,20 @@ def baseline_index(spec: StudySpec, job: StudyJob) -> int | None:
 
 
 def record_identity(study: optuna.Study, job: StudyJob) -> None:
-    """What the report needs beyond the spec: arms with labels and baseline, class names."""
+    """What the report needs beyond the spec: arms with labels, class names, and per arm what its
+    Δ is against (``compare_with``, along ``axis``; ``baseline``: the study's overall reference).
+    Recorded on every run, so an edited ``baseline:`` (not identity) reaches the next report."""
     from mmvit.data.labels import LABELS_19
 
-    baseline = baseline_index(job.spec, job)
+    default = None
+    if isinstance(job.spec.ablate, list):
+        index = baseline_index(job.spec, job)
+        default = job.arms[index].name if index is not None else None
+    compared = comparisons(job.spec.ablate, job.spec.baseline, default=default)
     study.set_user_attr("arms", [{"name": arm.name, "labels": arm.labels, "settings": arm.settings,
-                                  "baseline": index == baseline} for index, arm in enumerate(job.arms)])
+                                  "baseline": compared[arm.name].compare_with is None,
+                                  "compare_with": compared[arm.name].compare_with, "axis": compared[arm.name].axis}
+                                 for arm in job.arms])
     study.set_user_attr("labels", list(LABELS_19))
     study.set_user_attr("search_studies", [search_study_name(job.spec, a.name) for a in job.arms]
                         if job.spec.search else [])
@@ -205,20 +214,54 @@ def ray_session(address: str | None, verbose: bool) -> Iterator[None]:
             ray.shutdown()
 
 
-def check_resources(spec: StudySpec) -> None:
+def trial_resources(spec: StudySpec, cpus: float | None = None, gpus: float | None = None) -> dict[str, float]:
+    """Each trial's ``cpu`` and ``gpu`` in this run (a run-time choice, not the study's identity):
+    ``--cpus-per-trial`` / ``--gpus-per-trial``, else the file's ``resources:``, else chosen from the
+    Ray cluster: one GPU per trial when a node has GPUs, with a fair share of its node's CPUs
+    (the fewest any GPU node offers), and one CPU per trial on a CPU-only cluster, so its cores
+    run trials side by side."""
+    import ray
+
+    if cpus is not None and not cpus > 0:
+        raise SpecError(f"--cpus-per-trial must be > 0, but got {cpus:g}.")
+    if gpus is not None and not gpus >= 0:
+        raise SpecError(f"--gpus-per-trial must be >= 0, but got {gpus:g}.")
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    gpu = gpus if gpus is not None else spec.resources.gpu
+    if gpu is None:
+        gpu = 1.0 if any(n.get("GPU", 0) >= 1 for n in nodes) else 0.0
+    cpu = cpus if cpus is not None else spec.resources.cpu
+    if cpu is None:
+        # Trials per node = its GPUs ÷ gpu; each gets its share of the node's CPUs (whole CPUs, or
+        # a fraction where a node has fewer CPUs than GPU slots: the GPUs are what must stay busy).
+        shares = [n.get("CPU", 0) / math.floor(n["GPU"] / gpu + 1e-9)
+                  for n in nodes if gpu > 0 and n.get("GPU", 0) >= gpu]
+        share = min(shares) if shares else 1.0
+        cpu = float(math.floor(share)) if share >= 1 else share
+    return {"cpu": float(cpu), "gpu": float(gpu)}
+
+
+def describe_resources(resources: dict[str, float]) -> str:
+    """``1 GPU + 8 CPU per trial`` — the view's title and the log say what this run uses."""
+    gpu = f"{resources['gpu']:g} GPU + " if resources["gpu"] else ""
+    return f"{gpu}{resources['cpu']:g} CPU per trial"
+
+
+def check_resources(resources: dict[str, float]) -> None:
     """A request the cluster can never meet would wait forever without a word: refuse it."""
     import ray
 
     total = ray.cluster_resources()
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    gpu, cpu = spec.resources.gpu, spec.resources.cpu
+    gpu, cpu = resources["gpu"], resources["cpu"]
     if gpu > 0 and not any(n.get("GPU", 0) >= gpu for n in nodes):  # one trial lives on one node
-        raise StudyError(f"Each trial asks for {gpu:g} GPU (resources.gpu), but no node of the Ray cluster has "
-                         f"that many ({total.get('GPU', 0):g} GPU in all). Lower resources.gpu, or join a "
-                         "cluster with GPUs (--address).")
+        raise StudyError(f"Each trial asks for {gpu:g} GPU (--gpus-per-trial or resources.gpu), but no node of "
+                         f"the Ray cluster has that many ({total.get('GPU', 0):g} GPU in all). Ask for fewer, "
+                         "or join a cluster with GPUs (--address).")
     if not any(n.get("CPU", 0) >= cpu for n in nodes):
-        raise StudyError(f"Each trial asks for {cpu:g} CPUs (resources.cpu), but the largest node of the Ray "
-                         f"cluster has {max((n.get('CPU', 0) for n in nodes), default=0):g}. Lower resources.cpu.")
+        raise StudyError(f"Each trial asks for {cpu:g} CPUs (--cpus-per-trial or resources.cpu), but the largest "
+                         f"node of the Ray cluster has {max((n.get('CPU', 0) for n in nodes), default=0):g}. "
+                         "Ask for fewer.")
 
 
 def warn_unshared(storage_path: str | None) -> None:
@@ -236,10 +279,9 @@ def _tuner(job: StudyJob, phase: str, verbose: bool, **tune_kwargs):
     from ray import tune
 
     spec = job.spec
-    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     param_space = tune_kwargs.pop("param_space", None)
     return tune.Tuner(
-        tune.with_resources(tune.with_parameters(run_trial, job=job), resources),
+        tune.with_resources(tune.with_parameters(run_trial, job=job), dict(job.resources)),
         param_space=param_space,
         tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True, **tune_kwargs),
         run_config=tune.RunConfig(name=f"{spec.study}-{phase}-{int(time.time())}",
@@ -314,9 +356,11 @@ def searched_parameters(job: StudyJob) -> tuple[dict[int, dict], set[int], list[
 def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str | None = None,
               data: str | None = None, profile: str | None = None, address: str | None = None,
               retry_failed: bool = False, verbose: bool = False, console=None,
-              reports_dir: Path | None = Path("reports"), storage_path: str | None = None) -> RunSummary:
+              reports_dir: Path | None = Path("reports"), storage_path: str | None = None,
+              cpus_per_trial: float | None = None, gpus_per_trial: float | None = None) -> RunSummary:
     """Run what the study still needs; ``console`` (a rich Console) shows the live view; the
-    report in ``reports_dir/<study>/`` is refreshed as trials finish (None: no report).
+    report in ``reports_dir/<study>/`` is refreshed as trials finish (None: no report). Each
+    trial's CPUs and GPUs: :func:`trial_resources` (a resumed study may use others).
 
     Another driver may work on the same study: its live trials are left to it, and this driver
     waits for them (taking a trial over if its driver stops) so it returns with the study done."""
@@ -336,8 +380,10 @@ def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str |
         if additions:
             log.warning("The study grows by %s.", ", ".join(additions))
         root = resolve_root(storage_path, studies_dir)
+        resources = trial_resources(spec, cpus_per_trial, gpus_per_trial)
+        log.info("Trials of this run: %s.", describe_resources(resources))
         job = StudyJob(spec, url, profile, data_root, join(root, spec.study, "checkpoints"), spec.arms,
-                       driver=new_driver_id(), ray_results=join(root, spec.study, "ray"))
+                       driver=new_driver_id(), ray_results=join(root, spec.study, "ray"), resources=resources)
         record_identity(study, job)
         seeds = profile_plan(spec, profile)[0]
         planned = len(job.arms) * len(seeds)
@@ -349,7 +395,7 @@ def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str |
         session.enter_context(_live_view(job, console))
         if live_report:
             session.enter_context(live_report)
-        check_resources(spec)
+        check_resources(job.resources)
         warn_unshared(storage_path)
         stop = session.enter_context(StopRequest())
         while not stop.requested:
@@ -396,15 +442,15 @@ def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str |
                       max(0, by_others), left, stop.requested and left > 0)
 
 
-def concurrency(spec: StudySpec) -> int:
-    """How many trials the cluster runs at once (for the ETA)."""
+def concurrency(job: StudyJob) -> int:
+    """How many trials the cluster runs at once with this run's resources (for the ETA)."""
     import ray
 
-    total = ray.cluster_resources()
-    fits = total.get("CPU", 1) // spec.resources.cpu
-    if spec.resources.gpu:
-        fits = min(fits, total.get("GPU", 0) // spec.resources.gpu)
-    return int(max(1, min(fits, spec.max_concurrent or fits)))
+    total, resources = ray.cluster_resources(), job.resources
+    fits = total.get("CPU", 1) // resources["cpu"]
+    if resources["gpu"]:
+        fits = min(fits, total.get("GPU", 0) // resources["gpu"])
+    return int(max(1, min(fits, job.spec.max_concurrent or fits)))
 
 
 @contextmanager
@@ -415,9 +461,10 @@ def _live_view(job: StudyJob, console) -> Iterator[None]:
     from mmvit.study.progress import LiveView
 
     spec = job.spec
-    with LiveView(job.url, spec.study, seeds=len(spec.seeds), direction=spec.direction,
-                  concurrency=concurrency(spec), console=console,
-                  search_budget=spec.search.trials_per_arm if spec.search else 0):
+    seeds, search_budget = profile_plan(spec, job.profile)  # what this run does, not the file's full plan
+    with LiveView(job.url, spec.study, seeds=len(seeds), direction=spec.direction,
+                  concurrency=concurrency(job), console=console, search_budget=search_budget,
+                  note=describe_resources(job.resources)):
         yield
 
 

@@ -1,8 +1,9 @@
 """``search:`` — parameters tuned inside each arm by an Optuna sampler, with ASHA per arm.
 
-Each arm has its own Optuna study (``<study>/search/<arm>``) in the study's storage, sampled by
-Ray Tune's :class:`OptunaSearch` (one per arm, dispatched by :class:`ArmSearch` so all arms
-search at once and the cluster stays busy). :class:`ArmASHA` keeps one ASHA bracket per arm:
+Search trials train on the study's search seed (``search.seed``, never one of the final ``seeds``)
+and measure no test metrics. Each arm has its own Optuna study (``<study>/search/<arm>``) in the
+study's storage, sampled by Ray Tune's :class:`OptunaSearch` (one per arm, dispatched by
+:class:`ArmSearch` so all arms search at once and the cluster stays busy). :class:`ArmASHA` keeps one ASHA bracket per arm:
 a trial is only ever compared with trials of its own arm, so ASHA never cuts an arm.
 
 OptunaSearch records an ASHA-stopped trial as COMPLETE with its truncated value; here it is
@@ -162,7 +163,7 @@ class ArmSearch(Searcher):
                 self.budgets[index] = 0
                 continue
             self.owner[trial_id] = index
-            seed = self.job.spec.seeds[0]
+            seed = self.job.spec.search_seed  # never a final seed: finals train from scratch
             self.epochs[trial_id] = self.job.resolve(index, seed, ot_trial.params).train.epochs
             return {"point": {"arm": index, "seed": seed, "params": dict(ot_trial.params),
                               "search": [searcher._study_name, ot_trial._trial_id]}}

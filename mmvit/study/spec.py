@@ -3,9 +3,11 @@
 A study file holds ``study`` (its name), ``description``, ``base`` (a partial trial
 configuration; thesis defaults fill the rest), ``ablate`` (dotted keys → lists of values; every
 combination is an arm), ``seeds`` (paired across arms), an optional ``search`` (parameters tuned
-inside each arm), ``metric`` (validation metric, default ``ap_macro``), ``resources`` and
-``max_concurrent``, and an optional ``reference`` (published numbers per arm, shown beside the
-study's in the report). ``ablate`` is a product of axes or an explicit list of arms
+inside each arm), ``metric`` (validation metric, default ``ap_macro``), ``resources`` (per-trial
+defaults for ``run``; not part of the study's identity) and ``max_concurrent``, and an optional
+``reference`` (published numbers per arm, shown beside the study's in the report), and an optional ``baseline`` (what the report's Δ is taken against: an
+axis → reference level mapping, or an arm's name; :func:`mmvit.study.arms.comparisons`).
+``ablate`` is a product of axes or an explicit list of arms
 (:mod:`mmvit.study.arms`). Every arm is resolved to a full TrialConfig and its model is built on the
 ``meta`` device, so a patch size that does not divide 120 or a fusion model with one modality
 is refused before anything runs.
@@ -77,11 +79,21 @@ class Search(_Strict):
     trials_per_arm: int = Field(10, ge=1)
     params: dict[str, SearchParam]
     asha: Asha | None = Field(default_factory=Asha)
+    seed: int | None = Field(None, description="the search trials' seed, never one of `seeds`; "
+                                               "None = SEARCH_SEED (or max(seeds) + 1 if that is a final seed)")
+
+
+SEARCH_SEED = 10_000
+"""The search trials' seed when ``search.seed`` is not given: apart from any usual final seed, and
+fixed, so a study that grows by seeds keeps searching on the same one."""
 
 
 class Resources(_Strict):
-    cpu: float = Field(1.0, gt=0)
-    gpu: float = Field(0.0, ge=0)
+    """Per-trial CPUs and GPUs: a default for ``run`` (``--cpus-per-trial`` / ``--gpus-per-trial``
+    win), not part of the study's identity. None = chosen at run time (:func:`mmvit.study.runner.trial_resources`)."""
+
+    cpu: float | None = Field(None, gt=0)
+    gpu: float | None = Field(None, ge=0)
 
 
 class Reference(_Strict):
@@ -116,6 +128,9 @@ class StudySpec(_Strict):
     resources: Resources = Field(default_factory=Resources)
     max_concurrent: int | None = Field(None, ge=1)
     reference: Reference | None = None
+    baseline: dict[str, Any] | str | int | float | None = Field(
+        None, description="what Δ is taken against (a reporting choice, not identity): axis → reference "
+                          "level for a product of axes, an arm's name for an arm list")
 
     @field_validator("study")
     @classmethod
@@ -145,14 +160,23 @@ class StudySpec(_Strict):
     def arms(self) -> list[Arm]:
         return arms_from_ablate(self.ablate)
 
+    @property
+    def search_seed(self) -> int:
+        """The seed every search trial trains with: ``search.seed``, else one that is not a final seed."""
+        if self.search is not None and self.search.seed is not None:
+            return self.search.seed
+        return SEARCH_SEED if SEARCH_SEED not in self.seeds else max(self.seeds) + 1
+
     def resolve(self, arm: Arm, seed: int, *, profile: dict[str, Any] | None = None,
                 params: dict[str, Any] | None = None) -> TrialConfig:
         """The full trial configuration of one arm and seed (see :func:`mmvit.study.arms.resolve`)."""
         return resolve(self.base, arm, seed, metric=self.metric, profile=profile, params=params)
 
     def digest(self) -> str:
-        """Hash of the resolved spec: a changed study file under the same name is detected."""
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+        """Hash of the resolved spec without ``resources`` (a run-time choice) and ``baseline`` (a
+        reporting choice): neither is identity."""
+        identity = self.model_dump(mode="json", exclude={"resources", "baseline"})
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------- line numbers
@@ -297,6 +321,41 @@ def _validate_reference(spec: StudySpec) -> None:
                            f"reference.arms names {name!r}, which is not an arm of this study; {hint}")
 
 
+def _validate_baseline(spec: StudySpec) -> None:
+    """``baseline:`` names an arm of an arm list, or a level of each named axis of a product."""
+    baseline = spec.baseline
+    if baseline is None:
+        return
+    if isinstance(spec.ablate, list):
+        names = [arm.name for arm in spec.arms]
+        if isinstance(baseline, dict):
+            raise _Located(("baseline",), "baseline: the arms are an explicit list, so name one arm "
+                                          f"(e.g. `baseline: {names[0]!r}`); a mapping axis → level is for a "
+                                          "product of axes.")
+        if str(baseline) not in names:
+            close = difflib.get_close_matches(str(baseline), names, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]!r}?" if close else f"the arms are: {'; '.join(names)}."
+            raise _Located(("baseline",), f"baseline names the arm {baseline!r}, which is not an arm of this "
+                                          f"study; {hint}")
+        return
+    if not isinstance(baseline, dict):
+        example = next(iter(spec.ablate), "model.depth")
+        raise _Located(("baseline",), f"baseline: for a product of axes, give each axis's reference level as a "
+                                      f"mapping (e.g. `baseline: {{{example}: …}}`), but got {baseline!r}.")
+    for axis, level in baseline.items():
+        if axis not in spec.ablate:
+            axes = list(spec.ablate)
+            close = difflib.get_close_matches(axis, axes, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}?" if close else f"the axes are: {', '.join(axes) or 'none'}."
+            raise _Located(("baseline", axis), f"baseline names the axis {axis!r}, which is not an axis of "
+                                               f"`ablate`; {hint}")
+        levels = list(spec.ablate[axis])  # a named axis's labels, or an axis's values
+        if not any(json.dumps(level, sort_keys=True) == json.dumps(v, sort_keys=True) for v in levels):
+            raise _Located(("baseline", axis), f"baseline: {axis} = {level!r} is not one of that axis's "
+                                               f"{'labels' if isinstance(spec.ablate[axis], dict) else 'values'} "
+                                               f"({', '.join(repr(v) for v in levels)}); pick one of them.")
+
+
 def _validate_grid_search(search: Search) -> None:
     ranges = [key for key, param in search.params.items() if param.type != "categorical"]
     if ranges:
@@ -316,6 +375,11 @@ def _validate(spec: StudySpec, check_models: bool = True) -> None:
     _validate_ablate(spec.ablate)
     if spec.search and spec.search.sampler == "grid":
         _validate_grid_search(spec.search)
+    if spec.search and spec.search.seed in spec.seeds:
+        raise _Located(("search", "seed"),
+                       f"search.seed must not be one of `seeds` (every final trial trains from scratch on a "
+                       f"seed the search never used), but got search.seed={spec.search.seed} with seeds "
+                       f"{spec.seeds}; pick another seed or leave search.seed out.")
     searched = set(spec.search.params) if spec.search else set()
     for key in searched:
         _check_dotted(key, ("search", "params", key))
@@ -341,6 +405,7 @@ def _validate(spec: StudySpec, check_models: bool = True) -> None:
         except SpecError as error:
             raise _Located(_where_arm(spec, arm), f"arm {arm.name}: {error}") from None
     _validate_reference(spec)
+    _validate_baseline(spec)
 
 
 def parse_spec(text: str, source: str = "<string>", *, check_models: bool = True) -> StudySpec:

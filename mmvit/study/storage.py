@@ -101,7 +101,8 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 def spec_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
     """(changes, additions) between two resolved specs. New seeds and new arms (a new value of
     an existing axis, a new item of an arm list) are additions — they extend a study; anything
-    else is a change. ``description`` and ``reference`` are notes, not identity."""
+    else is a change. ``description`` and ``reference`` are notes, ``baseline`` a reporting choice
+    and ``resources`` a run-time choice: none of them is identity."""
     changes, additions = [], []
     old_seeds, new_seeds = old.get("seeds", []), new.get("seeds", [])
     if set(old_seeds) <= set(new_seeds):
@@ -121,7 +122,7 @@ def spec_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
         changes.append("arms with changed settings: " + "; ".join(altered))
     if not removed and not altered:
         additions += [f"arm {name}" for name in new_arms if name not in old_arms]
-    ignored = ("seeds", "ablate", "description", "reference")
+    ignored = ("seeds", "ablate", "description", "reference", "resources", "baseline")
     rest_old = _flatten({k: v for k, v in old.items() if k not in ignored})
     rest_new = _flatten({k: v for k, v in new.items() if k not in ignored})
     for key in sorted(rest_old.keys() | rest_new.keys()):

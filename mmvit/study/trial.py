@@ -4,9 +4,11 @@ A *final* trial (an arm × seed of the table) asks its own Optuna trial in the m
 tells it at the end, so exactly the grid points the driver hands out are recorded, whatever
 happens to the driver. A *search* trial was asked by the driver's sampler
 (:mod:`mmvit.study.search`); it records its configuration and per-epoch history, and the
-driver tells it COMPLETE, PRUNED (ASHA) or FAIL. Checkpoints live under
-``studies/<study>/checkpoints/<hash of the resolved configuration>/``, so a re-run of the same
-configuration — after a crash, a kill or Ctrl-C — resumes from its last finished epoch.
+driver tells it COMPLETE, PRUNED (ASHA) or FAIL; it trains on the study's search seed and
+measures no test metrics. Checkpoints live under
+``studies/<study>/checkpoints/<phase>/<hash of the resolved configuration>/`` (phase ``search`` or
+``final``), so a re-run of the same configuration — after a crash, a kill or Ctrl-C — resumes from
+its last finished epoch, and a final trial never starts from a search trial's weights.
 """
 
 from __future__ import annotations
@@ -80,6 +82,8 @@ class StudyJob:
     arms: list[Arm] = field(default_factory=list)
     driver: str = ""  # the id of the `mmvit-study run` process, on every trial it runs
     ray_results: str = ""  # Ray Tune's storage_path (next to the checkpoints)
+    resources: dict[str, float] = field(default_factory=lambda: {"cpu": 1.0, "gpu": 0.0})
+    """Each trial's ``cpu`` and ``gpu`` in this run (a run-time choice: runner.trial_resources)."""
 
     def resolve(self, arm_index: int, seed: int, params: dict[str, Any] | None = None) -> TrialConfig:
         config = self.spec.resolve(self.arms[arm_index], seed, params=params,
@@ -92,6 +96,11 @@ class StudyJob:
 def config_key(config: TrialConfig) -> str:
     """Identity of a resolved configuration: names its checkpoint folder."""
     return hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def checkpoint_folder(checkpoints: str, phase: str, config: TrialConfig) -> str:
+    """``<checkpoints>/<phase>/<config key>``: search and final trials never share a checkpoint."""
+    return join(str(checkpoints), phase, config_key(config))
 
 
 def _scalars(metrics: dict) -> dict:
@@ -166,14 +175,14 @@ def run_trial(config: dict[str, Any], job: StudyJob) -> None:
     arm_index, seed, params = point["arm"], point["seed"], point.get("params")
     config = job.resolve(arm_index, seed, params)
     # Ray does not pin trials to cores: size torch's threads and the loader to the trial's share.
-    cpus = max(1, int(job.spec.resources.cpu))
+    cpus = max(1, int(job.resources["cpu"]))
     torch.set_num_threads(cpus)
     if config.data.num_workers is None:
         config.data.num_workers = min(cpus - 1, available_cpus())
     storage = open_storage(job.url)
     arm = job.arms[arm_index]
     attrs = {**placement(), "arm": arm.name, "arm_index": arm_index, "seed": seed, "driver": job.driver,
-             "heartbeat_s": HEARTBEAT_S,
+             "heartbeat_s": HEARTBEAT_S, "resources": dict(job.resources),
              "phase": "search" if point.get("search") else "final",
              "config": config.model_dump(mode="json"), "config_key": config_key(config)}
     if params:
@@ -203,6 +212,7 @@ def _train_and_record(config: TrialConfig, job: StudyJob, storage, study: optuna
 
     history: list[dict] = []
     metric = job.spec.metric
+    final = study is not None  # search trials measure no test metrics (selection sees validation only)
 
     def entry(record) -> dict:
         return {"epoch": record.epoch, "train_loss": record.train_loss, "seconds": record.seconds,
@@ -224,12 +234,14 @@ def _train_and_record(config: TrialConfig, job: StudyJob, storage, study: optuna
         tune.report({metric: value, "epoch": record.epoch})
 
     try:
-        with trial_checkpoints(join(str(job.checkpoints), config_key(config))) as (folder, publish):
+        phase = "final" if final else "search"
+        with trial_checkpoints(checkpoint_folder(job.checkpoints, phase, config)) as (folder, publish):
             def on_epoch_published(record, checkpoint_path) -> None:
                 publish()  # before storage hears of the epoch: a resume finds every recorded epoch
                 on_epoch(record, checkpoint_path)
 
-            result = train_trial(config, checkpoint_dir=folder, on_epoch=on_epoch_published, on_resume=on_resume)
+            result = train_trial(config, checkpoint_dir=folder, on_epoch=on_epoch_published, on_resume=on_resume,
+                                 test=final)
             publish()
     except Exception as error:
         storage.set_trial_user_attr(trial_id, "error", f"{type(error).__name__}: {error}")
@@ -238,11 +250,12 @@ def _train_and_record(config: TrialConfig, job: StudyJob, storage, study: optuna
         raise
     finally:
         release_memory()
+    tested = {"test": _scalars(result.test), "ap_per_class_test": _finite(result.test["ap_per_class"])} if final else {}
     for key, value in {
         "history": [entry(r) for r in result.history],
-        "validation": _scalars(result.validation), "test": _scalars(result.test),
+        "validation": _scalars(result.validation), **tested,
         "ap_per_class_validation": _finite(result.validation["ap_per_class"]),
-        "ap_per_class_test": _finite(result.test["ap_per_class"]), "best_epoch": result.best_epoch,
+        "best_epoch": result.best_epoch,
         "parameters": result.parameters, "samples_per_s": result.samples_per_s,
         "peak_memory_mb": result.peak_memory_mb, "wall_s": result.wall_s,
         "epochs_run": result.epochs_run, "device": result.device, "class_counts": result.class_counts,
