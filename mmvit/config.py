@@ -92,6 +92,10 @@ class TrainConfig(_Section):
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = Field(0.0, ge=0)
     scheduler: Literal["cosine", "constant"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0, description="linear learning-rate warm-up from 0 (the thesis "
+                                                        "states none); the schedule steps every batch")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto = bf16 autocast on CUDA, fp32 elsewhere (the thesis states none)")
     threshold: float = Field(0.5, gt=0, lt=1, description="for F2, Hamming loss, precision, recall")
     metric: str = Field("ap_macro", description="validation metric that picks the best epoch")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")

@@ -92,6 +92,12 @@ MIN_CLASS_PROBABILITY = 0.03
 LABEL_AREA_FLOOR = 0.10
 """Target minimum share of the patch of each label's own cell."""
 
+ILLUMINATION = 0.15
+"""Half-width of the patch-wide S2 gain, uniform in [1 - ILLUMINATION, 1 + ILLUMINATION]."""
+
+CELL_JITTER = 0.05
+"""Relative standard deviation of each cell's S2 band means around its group's spectrum."""
+
 SPECKLE_LOOKS = 4.4
 """Equivalent number of looks of Sentinel-1 IW GRD-H: the shape of the Gamma speckle."""
 
@@ -314,7 +320,8 @@ def _split_box(order: np.ndarray, shares: np.ndarray, box: tuple[float, float, f
 def _render_s2(rng: np.random.Generator, cells: np.ndarray, cell_classes: np.ndarray) -> dict[str, np.ndarray]:
     """The 12 S2 bands (uint16) at their native sizes, with sensor noise per native pixel."""
     spectra = _s2_signatures()[cell_classes]
-    spectra = spectra * (1 + 0.05 * rng.standard_normal(spectra.shape)) * rng.uniform(0.85, 1.15)
+    spectra = (spectra * (1 + CELL_JITTER * rng.standard_normal(spectra.shape))
+               * rng.uniform(1 - ILLUMINATION, 1 + ILLUMINATION))
     image = np.moveaxis(spectra[cells], -1, 0) * (1 + 0.05 * _smooth_field(rng, 12))
     bands = {}
     for index, band in enumerate(S2_ALL_BANDS):

@@ -207,6 +207,26 @@ def init_weights(model: nn.Module) -> None:
     model.apply(init_weights_vit_timm)
 
 
+@torch.no_grad()
+def init_mean_fusion(layer: nn.Linear) -> None:
+    """Start a 2D → D fusion layer as the mean of its two inputs, ``W = [I/2, I/2]``, ``b = 0``.
+
+    With timm's init (std .02) each fusion layer shrinks the token it fuses about four-fold and
+    mixes its features at random; a class token that passes one such layer per block (SCT) then
+    carries only what the last block gathered, and the encoders' gradients pass through a
+    product of random projections. Starting from the mean keeps both modalities' features
+    where the encoders put them, as a residual path does, and the layer still learns any
+    ``W``. An initialisation only: the architecture (thesis Eq. 5.3) is unchanged.
+    """
+    dim = layer.out_features
+    if layer.in_features != 2 * dim:
+        raise ValueError(f"a fusion layer maps 2D → D, but got {layer.in_features} → {dim}")
+    eye = torch.eye(dim, dtype=layer.weight.dtype, device=layer.weight.device)
+    layer.weight.copy_(torch.cat([eye, eye], dim=1) / 2)
+    if layer.bias is not None:
+        layer.bias.zero_()
+
+
 class ClassTokenViT(nn.Module, metaclass=ABCMeta):
     """A ViT whose head reads token 0 of ``forward_features`` (the class token)."""
 
@@ -340,9 +360,15 @@ class DualEncoderViT(ClassTokenViT):
         self.fuse_cls = nn.Linear(2 * embed_dim, embed_dim)
         self.head = make_head(embed_dim, num_classes)
         init_weights(self)
+        for layer in self.fusion_layers():
+            init_mean_fusion(layer)
 
     def build_fusion(self, args: EncoderArgs, depth: int) -> None:
         """Add the layers that exchange information between the encoders (none by default)."""
+
+    def fusion_layers(self) -> list[nn.Linear]:
+        """The 2D → D layers that fuse the two encoders' tokens (they start as the mean)."""
+        return [self.fuse_cls]
 
     def embed(self, x: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Both token sequences (s2, s1), class token first."""

@@ -9,8 +9,8 @@ from timm.layers import LayerNorm
 from torch import Tensor, nn
 
 from mmvit.models._common import (
-    ClassTokenViT, EncoderArgs, check_in_chans, check_inputs, check_patch_size, init_weights,
-    make_head, modality_encoders, positive_int,
+    ClassTokenViT, EncoderArgs, check_in_chans, check_inputs, check_patch_size, init_mean_fusion,
+    init_weights, make_head, modality_encoders, positive_int,
 )
 from mmvit.models._registry import register_model
 
@@ -63,6 +63,8 @@ class MiddleFusion(ClassTokenViT):
         self.norm = norm_layer(embed_dim)
         self.head = make_head(embed_dim, num_classes)
         init_weights(self)
+        init_mean_fusion(self.fuse_tokens)
+        init_mean_fusion(self.fuse_cls)
 
     def forward_features(self, x: Mapping[str, Tensor]) -> Tensor:
         check_inputs(self.model_name, x, self.in_chans)

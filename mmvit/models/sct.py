@@ -25,6 +25,9 @@ class SCTFusion(DualEncoderViT):
     def build_fusion(self, args: EncoderArgs, depth: int) -> None:
         self.sync = nn.ModuleList(nn.Linear(2 * args.embed_dim, args.embed_dim) for _ in range(depth - 1))
 
+    def fusion_layers(self) -> list[nn.Linear]:
+        return [*self.sync, self.fuse_cls]
+
     def forward_features(self, x: Mapping[str, Tensor]) -> Tensor:
         a, b = self.embed(x)
         blocks_a, blocks_b = (encoder.blocks for encoder in self.encoders.values())

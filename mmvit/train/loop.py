@@ -45,7 +45,7 @@ class EpochRecord:
 class TrialResult:
     best_epoch: int
     validation: dict  # metrics at the best epoch
-    test: dict  # metrics at the best epoch
+    test: dict  # metrics at the best epoch; empty when trained with test=False
     history: list[EpochRecord]
     parameters: int
     samples_per_s: float
@@ -54,6 +54,7 @@ class TrialResult:
     epochs_run: int
     device: str
     class_counts: list[int] = field(default_factory=list)
+    precision: str = "fp32"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,9 +79,16 @@ def _inputs(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
     return {keys[k]: v.to(device, non_blocking=True) for k, v in batch.items() if k in keys}
 
 
-def _autocast(device: torch.device):
-    # bf16 on GPUs (thesis-scale batches); CPUs train in fp32.
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto`` is bf16 autocast on GPUs (thesis-scale batches) and fp32 on CPUs, where bf16
+    matmuls are slower than fp32 ones."""
+    if name == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return name
+
+
+def _autocast(device: torch.device, precision: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -96,16 +104,35 @@ def _atomic_save(state: dict, path: Path) -> None:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader, device: torch.device, threshold: float) -> dict:
+def evaluate(model: nn.Module, loader, device: torch.device, threshold: float, precision: str = "fp32") -> dict:
     """Metrics of ``model`` on every sample of ``loader``."""
     model.eval()
     scores, targets = [], []
     for batch in loader:
-        with _autocast(device):
+        with _autocast(device, precision):
             logits = model(_inputs(batch, device))
         scores.append(torch.sigmoid(logits.float()).cpu().numpy())
         targets.append(batch["label"].numpy())
     return compute_metrics(np.concatenate(scores), np.concatenate(targets), threshold)
+
+
+def lr_factor(kind: str, *, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """Learning-rate multiplier per optimiser step: a linear warm-up from 0 over
+    ``warmup_steps`` (ViTs trained from scratch with Adam at a high rate can collapse onto the
+    label prior in their first steps without one), then cosine annealing to 0 at
+    ``total_steps`` (thesis §6.2) or constant. Per step, not per epoch, so a short run anneals
+    as smoothly as a long one."""
+    warmup_steps = min(warmup_steps, total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        if kind == "constant":
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
 
 
 def _better(metric: str, value: float, best: float | None) -> bool:
@@ -124,22 +151,40 @@ def build_model(config: TrialConfig, in_chans: dict[str, int]) -> nn.Module:
     return create_model(config.model.fusion, in_chans=in_chans, num_classes=19, img_size=120, **hparams)
 
 
+@torch.no_grad()
+def init_head_bias(model: nn.Module, class_counts: np.ndarray, patches: int) -> None:
+    """Start the head's biases at the training split's label prior, ``logit(count / patches)``:
+    the first steps then train features instead of spending a large-gradient phase learning
+    the prior, which at a high Adam rate can leave a ViT stuck predicting it (an initialisation
+    only; a class without positives gets the bias of half a patch)."""
+    head = getattr(model, "head", None)
+    if not isinstance(head, nn.Linear) or head.bias is None or patches <= 0:
+        return
+    prior = np.clip((np.asarray(class_counts, dtype=np.float64) + 0.5) / (patches + 1), 1e-4, 1 - 1e-4)
+    head.bias.copy_(torch.as_tensor(np.log(prior / (1 - prior)), dtype=head.bias.dtype))
+
+
 def train_trial(config: TrialConfig, *, checkpoint_dir: Path | None = None,
                 on_epoch: EpochCallback | None = None, data: TrialData | None = None,
                 on_resume: Callable[[list[EpochRecord]], None] | None = None,
-                workers: int | None = None, progress: bool = False) -> TrialResult:
-    """Train ``config`` to the end (resuming from ``checkpoint_dir/last.pt`` if present)."""
+                workers: int | None = None, progress: bool = False, test: bool = True) -> TrialResult:
+    """Train ``config`` to the end (resuming from ``checkpoint_dir/last.pt`` if present).
+    ``test=False`` (a search trial) never touches the test split: the result's ``test`` is empty."""
     started = time.time()
     device = resolve_device(config.train.device)
+    precision = resolve_precision(config.train.precision, device)
     data = data or build_datasets(config, progress=progress)
     workers = config.data.num_workers if config.data.num_workers is not None else min(available_cpus(), 8)
-    model = build_model(config, data.in_chans).to(device)
+    model = build_model(config, data.in_chans)
+    init_head_bias(model, data.class_counts, len(data.train))
+    model = model.to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.train.lr, betas=config.train.betas,
                                  weight_decay=config.train.weight_decay)
     epochs = config.train.epochs
-    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=epochs)
-                if config.train.scheduler == "cosine"
-                else torch.optim.lr_scheduler.LambdaLR(optimiser, lambda _: 1.0))
+    steps_per_epoch = math.ceil(len(data.train) / config.train.batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor(
+        config.train.scheduler, total_steps=epochs * steps_per_epoch,
+        warmup_steps=round(config.train.warmup_epochs * steps_per_epoch)))
     loss_fn = nn.BCEWithLogitsLoss()
     metric = config.train.metric
     history: list[EpochRecord] = []
@@ -175,18 +220,18 @@ def train_trial(config: TrialConfig, *, checkpoint_dir: Path | None = None,
         total_loss, seen = 0.0, 0
         for batch in loader:
             targets = batch["label"].to(device, non_blocking=True)
-            with _autocast(device):
+            with _autocast(device, precision):
                 logits = model(_inputs(batch, device))
             loss = loss_fn(logits.float(), targets)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
+            schedule.step()
             total_loss += float(loss.detach()) * len(targets)
             seen += len(targets)
         lr = optimiser.param_groups[0]["lr"]
-        schedule.step()
         seconds = time.perf_counter() - epoch_start
-        validation = evaluate(model, validation_loader, device, config.train.threshold)
+        validation = evaluate(model, validation_loader, device, config.train.threshold, precision)
         record = EpochRecord(epoch, total_loss / max(seen, 1), lr, validation, seconds, seen / seconds)
         history.append(record)
         if _better(metric, validation[metric], best_value):
@@ -212,18 +257,20 @@ def train_trial(config: TrialConfig, *, checkpoint_dir: Path | None = None,
     if best_epoch == 0:
         raise DataError(f"No epoch produced a finite validation {metric}: the validation split has no "
                         "positive label. Use a larger validation split.")
-    if checkpoint_dir is not None:
-        model.load_state_dict(torch.load(checkpoint_dir / BEST_WEIGHTS, map_location=device,
-                                         weights_only=False)["model"])
-    else:
-        model.load_state_dict(best_state)
-    test_loader = make_loader(data.test, batch_size=eval_batch, workers=workers, shuffle=False,
-                              pin_memory=pin)
-    test = evaluate(model, test_loader, device, config.train.threshold)
+    test_metrics: dict = {}
+    if test:
+        if checkpoint_dir is not None:
+            model.load_state_dict(torch.load(checkpoint_dir / BEST_WEIGHTS, map_location=device,
+                                             weights_only=False)["model"])
+        else:
+            model.load_state_dict(best_state)
+        test_loader = make_loader(data.test, batch_size=eval_batch, workers=workers, shuffle=False,
+                                  pin_memory=pin)
+        test_metrics = evaluate(model, test_loader, device, config.train.threshold, precision)
     return TrialResult(
         best_epoch=best_epoch,
         validation=history[best_epoch - 1].validation,
-        test=test,
+        test=test_metrics,
         history=history,
         parameters=sum(p.numel() for p in model.parameters()),
         samples_per_s=train_samples / train_seconds if train_seconds else float("nan"),
@@ -231,5 +278,6 @@ def train_trial(config: TrialConfig, *, checkpoint_dir: Path | None = None,
         wall_s=time.time() - started,
         epochs_run=len(history),
         device=str(device),
+        precision=precision,
         class_counts=data.class_counts.tolist(),
     )
