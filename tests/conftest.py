@@ -17,6 +17,22 @@ os.environ.setdefault("MMVIT_HEARTBEAT_S", "2")
 
 DEMO_PATCHES = 40
 
+MECHANICS_QUICK_PROFILE = {"train.epochs": 2, "train.batch_size": 32, "train.warmup_epochs": 0,
+                           "model.embed_dim": 64, "model.num_heads": 4, "data.num_workers": 0}
+"""The quick profile's shape at a tenth of its budget. The real one is sized for models to learn
+the 600-patch demo (minutes per study); tests of the runner's mechanics (resume, claims, search,
+resources) on the 40-patch demo need trials, not learning. Tests marked ``real_profiles`` (the
+known-answer check, the library's quick runs) get the real one."""
+
+
+@pytest.fixture(autouse=True)
+def mechanics_quick_profile(request, monkeypatch):
+    """The driver fixes the profile into each StudyJob, so this reaches Ray's workers too."""
+    if request.node.get_closest_marker("real_profiles") is None:
+        from mmvit.study import trial
+
+        monkeypatch.setitem(trial.PROFILES, "quick", MECHANICS_QUICK_PROFILE)
+
 
 @pytest.fixture(scope="session")
 def example_root(tmp_path_factory) -> Path:

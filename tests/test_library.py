@@ -71,8 +71,9 @@ def _run_and_check(path: Path, tmp_path: Path, demo_root: Path, profile: str) ->
 
 
 # Arms that differ only in a scalar model setting (depth, rates): the same code path as
-# embed_dim and patch_size, so they smoke-run in the slow suite to keep the default under 10 min.
-SCALAR_ONLY = {"depth", "dropout", "stochastic_depth", "stability"}
+# embed_dim and patch_size, so they smoke-run in the slow suite to keep the default under 10 min;
+# known_answer's arms are modality_baselines' and early fusion's (its own slow test runs it whole).
+SCALAR_ONLY = {"depth", "dropout", "stochastic_depth", "stability", "known_answer"}
 SMOKE = [pytest.param(p, marks=pytest.mark.slow) if p.stem in SCALAR_ONLY else p for p in FILES]
 
 
@@ -82,6 +83,20 @@ def test_study_file_runs_end_to_end_in_the_smoke_profile(ray_session, tmp_path, 
 
 
 @pytest.mark.slow
+@pytest.mark.real_profiles
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
 def test_study_file_runs_end_to_end_in_the_quick_profile(ray_session, tmp_path, demo_root, path):
     _run_and_check(path, tmp_path, demo_root, "quick")
+
+
+def test_quick_profile_keeps_three_paired_seeds_where_the_arms_fit_else_one():
+    from mmvit.study.trial import QUICK_FINAL_TRIALS, profile_plan
+
+    for path in FILES:
+        spec = load_spec(path, check_models=False)
+        seeds, _ = profile_plan(spec, "quick")
+        fits = len(spec.arms) * 3 <= QUICK_FINAL_TRIALS
+        assert seeds == (spec.seeds[:3] if fits else spec.seeds[:1]), path.name
+        assert profile_plan(spec, "full")[0] == spec.seeds
+    known = load_spec(Path(__file__).parent.parent / "search_spaces" / "known_answer.yaml", check_models=False)
+    assert profile_plan(known, "quick")[0] == [0, 1, 2], "the known-answer check runs its paired test quickly"

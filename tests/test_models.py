@@ -320,3 +320,18 @@ def test_model_benchmark_runs_and_tabulates():
     assert all(row.samples_per_s > 0 and row.ratio > 0 for row in rows)
     assert rows[1].equivalent == "ViT(12 ch, depth 1)" and rows[1].tokens == 5
     assert "ViT(10 ch, depth 1) + ViT(2 ch, depth 1) + ViT(1 ch, depth 1)" in summary(rows)
+
+
+@pytest.mark.parametrize("name", ["sct", "cross_attention", "middle"])
+def test_fusion_layers_start_as_the_mean_of_both_modalities(name):
+    """With timm's std-.02 init each fusion layer shrank its token about four-fold (SCT: at every
+    layer); they start as the mean so both encoders' features reach the head at their scale."""
+    torch.manual_seed(0)
+    model = create_model(name, in_chans={"s2": 10, "s1": 2}, depth=2, modality_depth=1, fusion_depth=1,
+                         embed_dim=32, num_heads=2) if name == "middle" else \
+        create_model(name, in_chans={"s2": 10, "s1": 2}, depth=2, embed_dim=32, num_heads=2)
+    layers = [m for n, m in model.named_modules() if n.startswith(("sync", "fuse")) and isinstance(m, nn.Linear)]
+    assert len(layers) == {"sct": 2, "cross_attention": 1, "middle": 2}[name]  # SCT: depth - 1 syncs + fuse_cls
+    a, b = torch.randn(4, 32), torch.randn(4, 32)
+    for layer in layers:
+        assert torch.allclose(layer(torch.cat([a, b], dim=-1)), (a + b) / 2, atol=1e-6)

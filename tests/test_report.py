@@ -770,3 +770,24 @@ def test_a_baseline_in_the_study_file_moves_the_reference_levels(tmp_path):
                     AUG.format("sct", "all"): ""}
     table = page_tables(index)["aggregate"]
     assert [r[0][0] for r in table[1:] if r[0][0].endswith(" (baseline)")] == [f"{AUG.format('sct', 'all')} (baseline)"]
+
+
+def test_a_profile_that_kept_one_seed_says_so_and_plans_only_that_seed(tmp_path):
+    """The quick profile runs a 12-arm study on its first seed only: the page must say plainly that
+    no test ran and why, and must not list the file's other seeds as 'not started'."""
+    from mmvit.report import build_report
+    from tests.report_fixtures import final_trial, spec, write_study
+
+    url = f"sqlite:///{tmp_path}/cut.db"
+    arms = [{"name": f"model.depth={d}", "labels": {"model.depth": d}, "baseline": d == 2,
+             "compare_with": None if d == 2 else "model.depth=2", "axis": None if d == 2 else "model.depth"}
+            for d in (2, 4)]
+    trials = [final_trial(arm=a["name"], arm_index=i, seed=0, curve=[0.4, 0.5],
+                          test={"ap_micro": 0.6, "ap_macro": 0.5, "f2": 0.4, "hamming_loss": 0.1})
+              for i, a in enumerate(arms)]
+    write_study(url, "cut", spec=spec("cut", seeds=[0, 1, 2], ablate={"model.depth": [2, 4]}), arms=arms,
+                trials=trials, profile="quick", planned_seeds=[0])
+    page = html.unescape(build_report("cut", url, tmp_path / "report").read_text(encoding="utf-8"))
+    banner = page.split('id="seeds-note">', 1)[1].split("</div>", 1)[0]
+    assert "1 seed(s) per arm" in banner and "kept 1 of the file's 3 seeds" in banner and "no paired test ran" in banner
+    assert "not started" not in page and "Every planned arm × seed is complete." in page

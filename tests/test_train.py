@@ -124,3 +124,37 @@ def test_every_model_trains_through_the_command(demo_root, tmp_path, fusion):
     ])
     assert result.exit_code == 0, result.output
     assert f"{fusion} on {modalities}" in result.output and "best epoch 1 of 1" in result.output
+
+
+def test_schedule_warms_up_linearly_then_anneals_per_step_to_zero():
+    factor = loop.lr_factor("cosine", total_steps=100, warmup_steps=10)
+    warm = [factor(step) for step in range(10)]
+    assert warm == sorted(warm) and warm[0] < 0.1 and warm[-1] < 1.0
+    assert factor(10) == 1.0 and abs(factor(55) - 0.5) < 1e-9 and factor(100) == 0.0
+    after = [factor(step) for step in range(10, 101)]
+    assert after == sorted(after, reverse=True), "cosine never rises again"
+    assert loop.lr_factor("constant", total_steps=100, warmup_steps=0)(99) == 1.0
+    assert loop.lr_factor("cosine", total_steps=5, warmup_steps=50)(4) < 1.0, "warm-up capped at the run"
+
+
+def test_head_starts_at_the_training_label_prior(demo_root):
+    config = trial_config({"model": {"fusion": "sct", "depth": 1, "embed_dim": 32, "num_heads": 2},
+                           "data": {"root": str(demo_root)}})
+    data = build_datasets(config)
+    model = loop.build_model(config, data.in_chans)
+    loop.init_head_bias(model, data.class_counts, len(data.train))
+    frequency = (data.class_counts + 0.5) / (len(data.train) + 1)
+    assert np.allclose(torch.sigmoid(model.head.bias).detach().numpy(), frequency, atol=1e-6)
+    with torch.no_grad():  # a fresh model predicts about the prior: the features start near zero effect
+        batch = next(iter(loop.make_loader(data.train, batch_size=8, workers=0, shuffle=False)))
+        scores = torch.sigmoid(model(loop._inputs(batch, torch.device("cpu"))))
+    assert np.abs(scores.mean(0).numpy() - frequency).max() < 0.15
+
+
+def test_precision_is_resolved_and_recorded(demo_root):
+    assert loop.resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert loop.resolve_precision("auto", torch.device("cuda")) == "bf16"
+    config = trial_config({"model": {"fusion": "early", "depth": 1, "patch_size": 30, "embed_dim": 32, "num_heads": 2},
+                           "train": {"epochs": 1, "batch_size": 16, "precision": "bf16"},
+                           "data": {"root": str(demo_root), "num_workers": 0}})
+    assert train_trial(config).precision == "bf16"

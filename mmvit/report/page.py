@@ -106,6 +106,13 @@ def header_html(record: StudyRecord, view: Overview) -> str:
         out.append(f'<div class="banner quick" id="quick-banner">{e(record.profile.capitalize())} profile: numbers '
                    f"from the {e(record.profile)} profile are not thesis-scale (short training at reduced width, "
                    "for checking the pipeline).</div>")
+    if len(record.seeds) < MIN_PAIRS:
+        cut = (f" (the {e(record.profile or '')} profile kept {len(record.seeds)} of the file's "
+               f"{len(record.file_seeds)} seeds to stay within its time budget)"
+               if len(record.seeds) < len(record.file_seeds) else "")
+        out.append(f'<div class="banner warn" id="seeds-note">{len(record.seeds)} seed(s) per arm{cut}: fewer than '
+                   f"{MIN_PAIRS} paired seeds, so no paired test ran and no difference in these tables is "
+                   "evidence. Run the full profile, or a study with fewer arms, for the tests.</div>")
     if record.baseline_assumed and record.baseline is not None:
         out.append(f'<div class="banner warn" id="baseline-note">No arm equals the study&#x27;s <code>base</code>; '
                    f"Δ and the paired tests use the first arm, {e(record.baseline.name)}, as the baseline.</div>")

@@ -139,6 +139,8 @@ class StudyRecord:
     notes: list[str] = field(default_factory=list)
     per_axis: bool = True
     """False for a study recorded before per-axis comparisons: every Δ is against ``baseline``."""
+    planned_seeds: list[int] | None = None
+    """The seeds the run's profile trains (the quick profile may keep fewer than the file lists)."""
 
     @property
     def metric(self) -> str:
@@ -151,8 +153,14 @@ class StudyRecord:
         return isinstance(ablate, dict) and len(ablate) > 1
 
     @property
-    def seeds(self) -> list[int]:
+    def file_seeds(self) -> list[int]:
+        """The seeds the study file lists."""
         return [int(s) for s in self.spec.get("seeds") or []]
+
+    @property
+    def seeds(self) -> list[int]:
+        """The seeds planned for every arm: the profile's, where the study recorded them."""
+        return list(self.planned_seeds) if self.planned_seeds is not None else self.file_seeds
 
     @property
     def description(self) -> str:
@@ -343,4 +351,5 @@ def load_study_record(study_name: str, storage_url: str) -> StudyRecord:
         environment=dict(attrs.get("environment") or {}), class_names=[str(x) for x in labels],
         reference=attrs.get("reference") or None, arms=arms, baseline=baseline, baseline_assumed=assumed,
         trials=trials, search=_search(storage, list(attrs.get("search_studies") or []), names, direction, now, notes),
-        loaded_at=now, notes=notes, per_axis=per_axis)
+        loaded_at=now, notes=notes, per_axis=per_axis,
+        planned_seeds=[int(x) for x in attrs["planned_seeds"]] if attrs.get("planned_seeds") is not None else None)

@@ -37,7 +37,8 @@ from mmvit.study.search import best_params, prepare_arm_search, search_study_nam
 from mmvit.study.spec import StudySpec, load_spec
 from mmvit.study.stopping import StopRequest
 from mmvit.study.storage import ensure_study, open_storage, redact, storage_url
-from mmvit.study.trial import PROFILES, QUICK_PROFILE, StudyJob, config_key, profile_plan, run_trial  # noqa: F401
+from mmvit.study.trial import (PROFILES, QUICK_PROFILE, StudyJob, config_key, profile_overrides,  # noqa: F401
+                               profile_plan, run_trial)
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ def record_identity(study: optuna.Study, job: StudyJob) -> None:
                                   "compare_with": compared[arm.name].compare_with, "axis": compared[arm.name].axis}
                                  for arm in job.arms])
     study.set_user_attr("labels", list(LABELS_19))
+    study.set_user_attr("planned_seeds", profile_plan(job.spec, job.profile)[0])
     study.set_user_attr("search_studies", [search_study_name(job.spec, a.name) for a in job.arms]
                         if job.spec.search else [])
     if job.spec.reference:
@@ -383,7 +385,8 @@ def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str |
         resources = trial_resources(spec, cpus_per_trial, gpus_per_trial)
         log.info("Trials of this run: %s.", describe_resources(resources))
         job = StudyJob(spec, url, profile, data_root, join(root, spec.study, "checkpoints"), spec.arms,
-                       driver=new_driver_id(), ray_results=join(root, spec.study, "ray"), resources=resources)
+                       driver=new_driver_id(), ray_results=join(root, spec.study, "ray"), resources=resources,
+                       overrides=profile_overrides(spec, profile))
         record_identity(study, job)
         seeds = profile_plan(spec, profile)[0]
         planned = len(job.arms) * len(seeds)

@@ -32,15 +32,23 @@ from mmvit.study.spec import StudySpec
 from mmvit.study.storage import open_storage
 
 QUICK_PROFILE: dict[str, Any] = {
-    "train.epochs": 2,
-    "train.batch_size": 32,
+    "train.epochs": 12,
+    "train.batch_size": 16,
+    "train.warmup_epochs": 1,
     "model.embed_dim": 64,
     "model.num_heads": 4,
     "data.num_workers": 0,
 }
-"""What the quick profile shrinks (budgets and width) — never a key a study ablates or searches."""
+"""What the quick profile shrinks (budgets and width) — never a key a study ablates or searches.
+Sized so that the models learn the demo archive (300 training patches) on 2 CPU cores: about
+230 optimiser steps of 16 patches with a one-epoch warm-up, at width 64 (thesis lr and schedule)."""
 
-SMOKE_PROFILE: dict[str, Any] = {**QUICK_PROFILE, "train.epochs": 1, "data.max_train_patches": 128}
+QUICK_FINAL_TRIALS = 12
+"""The quick profile's budget of final trials: a study keeps three paired seeds (a test) where
+arms × 3 fits, else only its first seed (and the report says that no test ran)."""
+
+SMOKE_PROFILE: dict[str, Any] = {**QUICK_PROFILE, "train.epochs": 1, "train.warmup_epochs": 0,
+                                  "data.max_train_patches": 128}
 """The smoke profile checks a study file end to end in minutes: one epoch on 128 patches, the
 first seed only, at most :data:`SMOKE_SEARCH_TRIALS` search trials per arm."""
 
@@ -63,10 +71,14 @@ def profile_overrides(spec: StudySpec, profile: str) -> dict[str, Any]:
 
 
 def profile_plan(spec: StudySpec, profile: str) -> tuple[list[int], int]:
-    """(seeds, search trials per arm) a profile runs: the smoke profile cuts both."""
+    """(seeds, search trials per arm) a profile runs: the smoke profile cuts both, the quick one
+    keeps three paired seeds where the arms fit :data:`QUICK_FINAL_TRIALS`, else one."""
     trials = spec.search.trials_per_arm if spec.search else 0
     if profile == "smoke":
         return spec.seeds[:1], min(trials, SMOKE_SEARCH_TRIALS)
+    if profile == "quick":
+        paired = spec.seeds[:3]
+        return (paired if len(spec.arms) * len(paired) <= QUICK_FINAL_TRIALS else spec.seeds[:1]), trials
     return list(spec.seeds), trials
 
 
@@ -82,12 +94,15 @@ class StudyJob:
     arms: list[Arm] = field(default_factory=list)
     driver: str = ""  # the id of the `mmvit-study run` process, on every trial it runs
     ray_results: str = ""  # Ray Tune's storage_path (next to the checkpoints)
+    overrides: dict[str, Any] | None = None
+    """The profile's settings, fixed by the driver (None: from ``profile``), so every worker
+    trains what the driver planned."""
     resources: dict[str, float] = field(default_factory=lambda: {"cpu": 1.0, "gpu": 0.0})
     """Each trial's ``cpu`` and ``gpu`` in this run (a run-time choice: runner.trial_resources)."""
 
     def resolve(self, arm_index: int, seed: int, params: dict[str, Any] | None = None) -> TrialConfig:
-        config = self.spec.resolve(self.arms[arm_index], seed, params=params,
-                                   profile=profile_overrides(self.spec, self.profile))
+        overrides = self.overrides if self.overrides is not None else profile_overrides(self.spec, self.profile)
+        config = self.spec.resolve(self.arms[arm_index], seed, params=params, profile=overrides)
         if self.data_root is not None:
             config.data.root = self.data_root
         return config
@@ -258,7 +273,7 @@ def _train_and_record(config: TrialConfig, job: StudyJob, storage, study: optuna
         "best_epoch": result.best_epoch,
         "parameters": result.parameters, "samples_per_s": result.samples_per_s,
         "peak_memory_mb": result.peak_memory_mb, "wall_s": result.wall_s,
-        "epochs_run": result.epochs_run, "device": result.device, "class_counts": result.class_counts,
+        "epochs_run": result.epochs_run, "device": result.device, "precision": result.precision, "class_counts": result.class_counts,
         "worker_rss_mb": _rss_mb(),
     }.items():
         storage.set_trial_user_attr(trial_id, key, value)
