@@ -327,9 +327,8 @@ def test_fusion_layers_start_as_the_mean_of_both_modalities(name):
     """With timm's std-.02 init each fusion layer shrank its token about four-fold (SCT: at every
     layer); they start as the mean so both encoders' features reach the head at their scale."""
     torch.manual_seed(0)
-    model = create_model(name, in_chans={"s2": 10, "s1": 2}, depth=2, modality_depth=1, fusion_depth=1,
-                         embed_dim=32, num_heads=2) if name == "middle" else \
-        create_model(name, in_chans={"s2": 10, "s1": 2}, depth=2, embed_dim=32, num_heads=2)
+    depths = {"modality_depth": 1, "fusion_depth": 1} if name == "middle" else {"depth": 2}
+    model = create_model(name, in_chans={"s2": 10, "s1": 2}, embed_dim=32, num_heads=2, **depths)
     layers = [m for n, m in model.named_modules() if n.startswith(("sync", "fuse")) and isinstance(m, nn.Linear)]
     assert len(layers) == {"sct": 2, "cross_attention": 1, "middle": 2}[name]  # SCT: depth - 1 syncs + fuse_cls
     a, b = torch.randn(4, 32), torch.randn(4, 32)
