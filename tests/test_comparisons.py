@@ -117,7 +117,7 @@ def _record(text: str) -> list[dict]:
 
     spec = parse_spec(text, "study.yaml", check_models=False)
     study = optuna.create_study()
-    record_identity(study, SimpleNamespace(spec=spec, arms=spec.arms))
+    record_identity(study, SimpleNamespace(spec=spec, arms=spec.arms, profile="full"))
     return study.user_attrs["arms"]
 
 
