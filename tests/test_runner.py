@@ -37,6 +37,19 @@ def _study(tmp_path, name="grid"):
     return optuna.load_study(study_name=name, storage=open_storage(storage_url(name, tmp_path / "studies")))
 
 
+def _stop_after_first_epoch(job: StudyJob, phase: str, config) -> None:
+    """Leave ``config``'s epoch-1 checkpoint in ``phase``'s namespace, as a killed trial does."""
+
+    class Stopped(Exception):
+        pass
+
+    def stop(record, _):
+        raise Stopped
+
+    with pytest.raises(Stopped), trial_checkpoints(checkpoint_folder(job.checkpoints, phase, config)) as (folder, publish):
+        train_trial(config, checkpoint_dir=folder, on_epoch=lambda record, _: (publish(), stop(record, _)))
+
+
 def test_grid_runs_every_arm_and_seed_once_and_resumes(ray_session, tmp_path, demo_root):
     path = tmp_path / "grid.yaml"
     path.write_text(GRID)
@@ -109,14 +122,7 @@ def test_interrupted_trial_resumes_from_its_checkpoint(ray_session, tmp_path, de
     job = StudyJob(spec, "", "quick", str(demo_root), f"{root}/killed/checkpoints", spec.arms)
     config = job.resolve(1, 0)
 
-    class Killed(Exception):
-        pass
-
-    def die(record, _):
-        raise Killed
-
-    with pytest.raises(Killed), trial_checkpoints(checkpoint_folder(job.checkpoints, "final", config)) as (folder, publish):
-        train_trial(config, checkpoint_dir=folder, on_epoch=lambda record, _: (publish(), die(record, _)))
+    _stop_after_first_epoch(job, "final", config)
 
     summary = run_study(path, **kwargs)
     assert (summary.planned, summary.ran, summary.failed) == (2, 2, [])
@@ -198,14 +204,7 @@ def test_search_prunes_with_asha_per_arm_and_trains_each_arms_best(ray_session, 
     job = StudyJob(spec, "", "quick", str(demo_root), str(tmp_path / "studies" / "tuned" / "checkpoints"), spec.arms)
     winner = job.resolve(0, 0, {"train.lr": 1e-3})
 
-    class Stop(Exception):
-        pass
-
-    def stop(record, _):
-        raise Stop
-
-    with pytest.raises(Stop), trial_checkpoints(checkpoint_folder(job.checkpoints, "search", winner)) as (folder, publish):
-        train_trial(winner, checkpoint_dir=folder, on_epoch=lambda record, _: (publish(), stop(record, _)))
+    _stop_after_first_epoch(job, "search", winner)
     summary = run_study(path, studies_dir=tmp_path / "studies", data=str(demo_root), profile="quick", reports_dir=None)
     assert summary.search_trials == 2 + 3 and summary.failed == []
 
