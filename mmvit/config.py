@@ -49,7 +49,8 @@ class DataConfig(_Section):
     s1_normalisation: Literal["standardise", "minmax", "none"] = "standardise"
     s1_dtype: Literal["float32", "float16"] = "float32"
     cache_dir: str | None = None
-    num_workers: int | None = Field(None, ge=0, description="DataLoader workers; None = the trial's CPUs")
+    num_workers: int | None = Field(None, ge=0, description="unused since batches are gathered in the trial's "
+                                                            "process (mmvit.data.loader); kept so stored configurations load")
     max_train_patches: int | None = Field(None, gt=0, description="train on a fixed subset (quick runs)")
 
     @field_validator("speckle_filter")
@@ -99,6 +100,7 @@ class TrainConfig(_Section):
     threshold: float = Field(0.5, gt=0, lt=1, description="for F2, Hamming loss, precision, recall")
     metric: str = Field("ap_macro", description="validation metric that picks the best epoch")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    compile: bool = Field(False, description="torch.compile the model (compiles once per trial process)")
 
     @field_validator("metric")
     @classmethod

@@ -69,8 +69,7 @@ def test_best_epoch_on_validation_and_test_at_best(demo_root, tmp_path):
     data = build_datasets(config)
     model = loop.build_model(config, data.in_chans)
     model.load_state_dict(torch.load(tmp_path / "ckpt" / loop.BEST_WEIGHTS, weights_only=False)["model"])
-    test = evaluate(model, loop.make_loader(data.test, batch_size=16, workers=0, shuffle=False),
-                    torch.device("cpu"), 0.5)
+    test = evaluate(model, loop.make_loader(data, data.test, torch.device("cpu"), batch_size=16), 0.5)
     assert test["ap_macro"] == pytest.approx(result.test["ap_macro"], abs=1e-9)
 
 
@@ -78,15 +77,13 @@ def test_without_test_the_test_split_is_never_read(demo_root, tmp_path):
     """A search trial (test=False) measures nothing on the test split: selection sees validation only."""
     import dataclasses
 
-    class Untouchable(torch.utils.data.Dataset):
-        def __len__(self):
-            raise AssertionError("the test split was read")
-
-        def __getitem__(self, index):
+    class Untouchable(dict):
+        def items(self):
             raise AssertionError("the test split was read")
 
     config = _config(demo_root, tmp_path, epochs=1)
-    data = dataclasses.replace(build_datasets(config), test=Untouchable())
+    data = build_datasets(config)
+    data = dataclasses.replace(data, test=dataclasses.replace(data.test, images=Untouchable(data.test.images)))
     result = train_trial(config, data=data, checkpoint_dir=tmp_path / "ckpt", test=False)
     assert result.test == {} and result.best_epoch == 1 and "ap_macro" in result.validation
     with pytest.raises(AssertionError, match="the test split was read"):
@@ -146,8 +143,8 @@ def test_head_starts_at_the_training_label_prior(demo_root):
     frequency = (data.class_counts + 0.5) / (len(data.train) + 1)
     assert np.allclose(torch.sigmoid(model.head.bias).detach().numpy(), frequency, atol=1e-6)
     with torch.no_grad():  # a fresh model predicts about the prior: the features start near zero effect
-        batch = next(iter(loop.make_loader(data.train, batch_size=8, workers=0, shuffle=False)))
-        scores = torch.sigmoid(model(loop._inputs(batch, torch.device("cpu"))))
+        batch = next(loop.make_loader(data, data.train, torch.device("cpu"), batch_size=8).batches())
+        scores = torch.sigmoid(model(loop._inputs(batch)))
     assert np.abs(scores.mean(0).numpy() - frequency).max() < 0.15
 
 

@@ -116,6 +116,23 @@ class BigEarthNetMM(Dataset):
     def patch_names(self) -> list[str]:
         return [self.refs[row].patch for row in self._rows]
 
+    @property
+    def rows(self) -> np.ndarray:
+        """The cache rows (or archive positions) this dataset holds, in order."""
+        return self._rows
+
+    @property
+    def s2_channels(self) -> list[int]:
+        """Which of the ten cached S2 bands ``image_s2`` holds (all, or RGB's three)."""
+        return list(self._channels)
+
+    def cache_arrays(self) -> dict[str, np.ndarray]:
+        """The memory-mapped cache arrays (``s2``, ``s1``, ``label``; all rows, read-only),
+        for the batch loader (:mod:`mmvit.data.loader`), which gathers whole batches."""
+        if self._cache is None:
+            raise DataError("Cache arrays exist for cached datasets only; pass cache_dir.")
+        return {key: c.array for key, c in self._cache.items()}
+
     def stats(self) -> dict[str, ChannelStats]:
         """Per-channel statistics of this split (cached datasets only), keyed ``s2``/``s1``."""
         if self._cache is None:

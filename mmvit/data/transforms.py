@@ -44,15 +44,18 @@ def _images(sample: Sample) -> list[str]:
     return [key for key in IMAGE_KEYS if key in sample]
 
 
-def _column(values: np.ndarray) -> torch.Tensor:
-    return torch.as_tensor(values, dtype=torch.float32).reshape(-1, 1, 1)
-
-
-def _affine(shift: np.ndarray, scale: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """(shift, 1/scale) as (C, 1, 1) columns, built once rather than per sample; a zero scale
-    (a channel constant over the training split) counts as 1 instead of dividing by zero."""
+def channel_affine(stats: ChannelStats | None, mode: str = "standardise") -> tuple[torch.Tensor, torch.Tensor]:
+    """(shift, 1/scale) per channel, 1-D: ``standardise`` (mean, std), ``minmax`` (min,
+    max - min) or ``none`` (0, 1); a zero scale (a channel constant over the training split)
+    counts as 1 instead of dividing by zero."""
+    if mode not in S1_MODES:
+        raise DataError(f"s1_normalisation must be one of {', '.join(S1_MODES)}, but got {mode!r}.")
+    if stats is None or mode == "none":
+        return torch.zeros(1), torch.ones(1)
+    shift, scale = (stats.mean, stats.std) if mode == "standardise" else (stats.min, stats.max - stats.min)
     scale = np.asarray(scale, dtype=np.float64)
-    return _column(shift), _column(1.0 / np.where(scale > 0, scale, 1.0))
+    return (torch.as_tensor(shift, dtype=torch.float32),
+            torch.as_tensor(1.0 / np.where(scale > 0, scale, 1.0), dtype=torch.float32))
 
 
 class Normalise:
@@ -68,12 +71,9 @@ class Normalise:
             raise DataError(f"s1_normalisation must be one of {', '.join(S1_MODES)}, but got {s1_mode!r}.")
         self.s1_mode = s1_mode
         self._affines: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        if s2 is not None:
-            self._affines["image_s2"] = _affine(s2.mean, s2.std)
-        if s1 is not None and s1_mode == "standardise":
-            self._affines["image_s1"] = _affine(s1.mean, s1.std)
-        elif s1 is not None and s1_mode == "minmax":
-            self._affines["image_s1"] = _affine(s1.min, s1.max - s1.min)
+        for key, stats, mode in (("image_s2", s2, "standardise"), ("image_s1", s1, s1_mode)):
+            if stats is not None and mode != "none":  # columns (C, 1, 1), built once
+                self._affines[key] = tuple(t.view(-1, 1, 1) for t in channel_affine(stats, mode))
 
     def __call__(self, sample: Sample) -> Sample:
         out = dict(sample)

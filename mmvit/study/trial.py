@@ -188,11 +188,8 @@ def run_trial(config: dict[str, Any], job: StudyJob) -> None:
     point = config["point"]
     arm_index, seed, params = point["arm"], point["seed"], point.get("params")
     config = job.resolve(arm_index, seed, params)
-    # Ray does not pin trials to cores: size torch's threads and the loader to the trial's share.
-    cpus = max(1, int(job.resources["cpu"]))
-    torch.set_num_threads(cpus)
-    if config.data.num_workers is None:
-        config.data.num_workers = min(cpus - 1, available_cpus())
+    # Ray does not pin trials to cores: size torch's threads (and the data path's) to the trial's share.
+    torch.set_num_threads(max(1, min(int(job.resources["cpu"]), available_cpus())))
     storage = open_storage(job.url)
     arm = job.arms[arm_index]
     attrs = {**placement(), "arm": arm.name, "arm_index": arm_index, "seed": seed, "driver": job.driver,

@@ -1,8 +1,8 @@
 """One trial's training: epochs, Adam + cosine schedule, validation every epoch, atomic
 checkpoints, best-epoch selection on validation, test metrics once at the best epoch.
 
-Reproducibility: every epoch re-seeds torch (dropout, stochastic depth, augmentations in the
-main process) and the DataLoader generator (shuffle order, worker seeds) from ``(seed, epoch)``,
+Reproducibility: every epoch re-seeds torch (dropout, stochastic depth) and the batch loader's
+generator (order and augmentation draws, :mod:`mmvit.data.loader`) from ``(seed, epoch)``,
 so a run resumed from its epoch-``k`` checkpoint computes exactly what an uninterrupted run
 computes (on CPU; cuDNN/bf16 kernels may differ in the last bits on GPU). Arms of a study that
 share a seed see the same data order and — where shapes allow — the same initial weights.
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from mmvit.config import TrialConfig
-from mmvit.data.loader import TrialData, available_cpus, build_datasets, make_loader
+from mmvit.data.loader import BatchLoader, SplitArrays, TrialData, build_datasets
 from mmvit.errors import DataError
 from mmvit.train.metrics import HIGHER_IS_BETTER, compute_metrics
 
@@ -74,9 +74,15 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919) % (2**63)
 
 
-def _inputs(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
-    keys = {"image_s2": "s2", "image_s1": "s1"}
-    return {keys[k]: v.to(device, non_blocking=True) for k, v in batch.items() if k in keys}
+def _inputs(batch: dict) -> dict[str, torch.Tensor]:
+    return {key: value for key, value in batch.items() if key != "label"}
+
+
+def make_loader(data: TrialData, split: SplitArrays, device: torch.device, *, batch_size: int,
+                train: bool = False) -> BatchLoader:
+    """Training batches are shuffled and augmented; evaluation batches are in order, normalised only."""
+    return BatchLoader(split, batch_size=batch_size, device=device, normalisation=data.normalisation,
+                       augment=data.augment if train else None, shuffle=train)
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
@@ -104,16 +110,17 @@ def _atomic_save(state: dict, path: Path) -> None:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader, device: torch.device, threshold: float, precision: str = "fp32") -> dict:
-    """Metrics of ``model`` on every sample of ``loader``."""
+def evaluate(model: nn.Module, loader: BatchLoader, threshold: float, precision: str = "fp32") -> dict:
+    """Metrics of ``model`` on every sample of ``loader`` (scores and labels stay on the device
+    until the split is done: one transfer, no per-batch synchronisation)."""
     model.eval()
     scores, targets = [], []
-    for batch in loader:
-        with _autocast(device, precision):
-            logits = model(_inputs(batch, device))
-        scores.append(torch.sigmoid(logits.float()).cpu().numpy())
-        targets.append(batch["label"].numpy())
-    return compute_metrics(np.concatenate(scores), np.concatenate(targets), threshold)
+    for batch in loader.batches():
+        with _autocast(loader.device, precision):
+            logits = model(_inputs(batch))
+        scores.append(torch.sigmoid(logits.float()))
+        targets.append(batch["label"])
+    return compute_metrics(torch.cat(scores).cpu().numpy(), torch.cat(targets).cpu().numpy(), threshold)
 
 
 def lr_factor(kind: str, *, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -164,78 +171,104 @@ def init_head_bias(model: nn.Module, class_counts: np.ndarray, patches: int) -> 
     head.bias.copy_(torch.as_tensor(np.log(prior / (1 - prior)), dtype=head.bias.dtype))
 
 
+def make_optimiser(model: nn.Module, config: TrialConfig, device: torch.device) -> torch.optim.Optimizer:
+    """Adam (thesis §6.2), fused into one kernel per step where torch has one for the device."""
+    fused = device.type in ("cuda", "cpu")
+    return torch.optim.Adam(model.parameters(), lr=config.train.lr, betas=config.train.betas,
+                            weight_decay=config.train.weight_decay, fused=fused)
+
+
+@dataclass
+class _Progress:
+    """What a checkpoint restores besides the weights."""
+
+    history: list[EpochRecord] = field(default_factory=list)
+    best_value: float | None = None
+    best_epoch: int = 0
+
+    @property
+    def next_epoch(self) -> int:
+        return len(self.history) + 1
+
+
+def _restore(checkpoint_dir: Path | None, model: nn.Module, optimiser, schedule,
+             device: torch.device) -> _Progress:
+    if checkpoint_dir is None or not (checkpoint_dir / CHECKPOINT).is_file():
+        return _Progress()
+    state = torch.load(checkpoint_dir / CHECKPOINT, map_location=device, weights_only=False)
+    model.load_state_dict(state["model"])
+    optimiser.load_state_dict(state["optimiser"])
+    schedule.load_state_dict(state["schedule"])
+    return _Progress([EpochRecord(**record) for record in state["history"]],
+                     state["best_value"], state["best_epoch"])
+
+
+def _train_epoch(step: Callable, loader: BatchLoader, seed: int) -> tuple[float, int]:
+    """Mean training loss and samples seen; the loss is summed on the device and read once."""
+    total = torch.zeros((), device=loader.device)
+    seen = 0
+    for batch in loader.batches(seed):
+        total += step(batch) * len(batch["label"])
+        seen += len(batch["label"])
+    return float(total) / max(seen, 1), seen
+
+
 def train_trial(config: TrialConfig, *, checkpoint_dir: Path | None = None,
                 on_epoch: EpochCallback | None = None, data: TrialData | None = None,
                 on_resume: Callable[[list[EpochRecord]], None] | None = None,
-                workers: int | None = None, progress: bool = False, test: bool = True) -> TrialResult:
+                progress: bool = False, test: bool = True) -> TrialResult:
     """Train ``config`` to the end (resuming from ``checkpoint_dir/last.pt`` if present).
     ``test=False`` (a search trial) never touches the test split: the result's ``test`` is empty."""
     started = time.time()
     device = resolve_device(config.train.device)
     precision = resolve_precision(config.train.precision, device)
     data = data or build_datasets(config, progress=progress)
-    workers = config.data.num_workers if config.data.num_workers is not None else min(available_cpus(), 8)
     model = build_model(config, data.in_chans)
     init_head_bias(model, data.class_counts, len(data.train))
     model = model.to(device)
-    optimiser = torch.optim.Adam(model.parameters(), lr=config.train.lr, betas=config.train.betas,
-                                 weight_decay=config.train.weight_decay)
-    epochs = config.train.epochs
-    steps_per_epoch = math.ceil(len(data.train) / config.train.batch_size)
+    optimiser = make_optimiser(model, config, device)
+    epochs, batch_size = config.train.epochs, config.train.batch_size
+    steps_per_epoch = math.ceil(len(data.train) / batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor(
         config.train.scheduler, total_steps=epochs * steps_per_epoch,
         warmup_steps=round(config.train.warmup_epochs * steps_per_epoch)))
-    loss_fn = nn.BCEWithLogitsLoss()
-    metric = config.train.metric
-    history: list[EpochRecord] = []
-    best_value: float | None = None
-    best_epoch = 0
-    first_epoch = 1
     if checkpoint_dir is not None:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        if (checkpoint_dir / CHECKPOINT).is_file():
-            state = torch.load(checkpoint_dir / CHECKPOINT, map_location=device, weights_only=False)
-            model.load_state_dict(state["model"])
-            optimiser.load_state_dict(state["optimiser"])
-            schedule.load_state_dict(state["schedule"])
-            history = [EpochRecord(**record) for record in state["history"]]
-            best_value, best_epoch = state["best_value"], state["best_epoch"]
-            first_epoch = state["epoch"] + 1
-            if on_resume is not None:
-                on_resume(history)
+    state = _restore(checkpoint_dir, model, optimiser, schedule, device)
+    if state.history and on_resume is not None:
+        on_resume(state.history)
 
-    eval_batch = config.train.eval_batch_size or 2 * config.train.batch_size
-    pin = device.type == "cuda"
-    validation_loader = make_loader(data.validation, batch_size=eval_batch, workers=workers,
-                                    shuffle=False, pin_memory=pin)
-    generator = torch.Generator()
-    for epoch in range(first_epoch, epochs + 1):
+    forward = torch.compile(model) if config.train.compile else model
+    loss_fn = nn.BCEWithLogitsLoss()
+
+    def step(batch: dict) -> torch.Tensor:
+        with _autocast(device, precision):
+            logits = forward(_inputs(batch))
+        loss = loss_fn(logits.float(), batch["label"])
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        return loss.detach()
+
+    eval_batch = config.train.eval_batch_size or 2 * batch_size
+    train_loader = make_loader(data, data.train, device, batch_size=batch_size, train=True)
+    validation_loader = make_loader(data, data.validation, device, batch_size=eval_batch)
+    metric = config.train.metric
+    best_state = None
+    for epoch in range(state.next_epoch, epochs + 1):
         seed = _epoch_seed(config.seed, epoch)
-        torch.manual_seed(seed)
-        generator.manual_seed(seed)
-        loader = make_loader(data.train, batch_size=config.train.batch_size, workers=workers,
-                             shuffle=True, generator=generator, pin_memory=pin)
+        torch.manual_seed(seed)  # dropout and stochastic depth; the loader draws from its own generator
         model.train()
         epoch_start = time.perf_counter()
-        total_loss, seen = 0.0, 0
-        for batch in loader:
-            targets = batch["label"].to(device, non_blocking=True)
-            with _autocast(device, precision):
-                logits = model(_inputs(batch, device))
-            loss = loss_fn(logits.float(), targets)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            total_loss += float(loss.detach()) * len(targets)
-            seen += len(targets)
-        lr = optimiser.param_groups[0]["lr"]
+        train_loss, seen = _train_epoch(step, train_loader, seed)
         seconds = time.perf_counter() - epoch_start
-        validation = evaluate(model, validation_loader, device, config.train.threshold, precision)
-        record = EpochRecord(epoch, total_loss / max(seen, 1), lr, validation, seconds, seen / seconds)
-        history.append(record)
-        if _better(metric, validation[metric], best_value):
-            best_value, best_epoch = validation[metric], epoch
+        validation = evaluate(forward, validation_loader, config.train.threshold, precision)
+        record = EpochRecord(epoch, train_loss, optimiser.param_groups[0]["lr"], validation, seconds,
+                             seen / seconds)
+        state.history.append(record)
+        if _better(metric, validation[metric], state.best_value):
+            state.best_value, state.best_epoch = validation[metric], epoch
             if checkpoint_dir is not None:
                 _atomic_save({"model": model.state_dict(), "epoch": epoch}, checkpoint_dir / BEST_WEIGHTS)
             else:
@@ -246,12 +279,13 @@ def train_trial(config: TrialConfig, *, checkpoint_dir: Path | None = None,
             _atomic_save({
                 "model": model.state_dict(), "optimiser": optimiser.state_dict(),
                 "schedule": schedule.state_dict(), "epoch": epoch,
-                "history": [asdict(r) for r in history],
-                "best_value": best_value, "best_epoch": best_epoch,
+                "history": [asdict(r) for r in state.history],
+                "best_value": state.best_value, "best_epoch": state.best_epoch,
             }, checkpoint_path)
         if on_epoch is not None:
             on_epoch(record, checkpoint_path)
 
+    history, best_epoch = state.history, state.best_epoch
     train_seconds = sum(r.seconds for r in history)
     train_samples = sum(r.samples_per_s * r.seconds for r in history)
     if best_epoch == 0:
@@ -262,11 +296,10 @@ def train_trial(config: TrialConfig, *, checkpoint_dir: Path | None = None,
         if checkpoint_dir is not None:
             model.load_state_dict(torch.load(checkpoint_dir / BEST_WEIGHTS, map_location=device,
                                              weights_only=False)["model"])
-        else:
+        elif best_state is not None:
             model.load_state_dict(best_state)
-        test_loader = make_loader(data.test, batch_size=eval_batch, workers=workers, shuffle=False,
-                                  pin_memory=pin)
-        test_metrics = evaluate(model, test_loader, device, config.train.threshold, precision)
+        test_loader = make_loader(data, data.test, device, batch_size=eval_batch)
+        test_metrics = evaluate(forward, test_loader, config.train.threshold, precision)
     return TrialResult(
         best_epoch=best_epoch,
         validation=history[best_epoch - 1].validation,
