@@ -146,18 +146,57 @@ def data_cache(
 @bench_app.command("data")
 def bench_data(
     root: RootArg = None,
-    patches: Annotated[int, typer.Option(help="Patches read for the direct measurement.")] = 200,
-    batches: Annotated[int, typer.Option(help="Batches read for the cached measurement.")] = 20,
-    batch_size: Annotated[int, typer.Option()] = 64,
-    workers: Annotated[int, typer.Option(help="DataLoader workers.")] = 2,
+    batches: Annotated[int, typer.Option(help="Batches timed per measurement.")] = 20,
+    batch_size: Annotated[int, typer.Option()] = 256,
+    workers: Annotated[int, typer.Option(help="Workers of the per-sample DataLoader (the reference).")] = 2,
+    per_sample: Annotated[bool, typer.Option(help="Also time the per-sample DataLoader.")] = True,
     cache_dir: Annotated[Optional[Path], typer.Option()] = None,
 ) -> None:
-    """Patches/s: GeoTIFFs read directly vs. the cache through a DataLoader with all augmentations."""
+    """Patches/s: the batch loader (with and without augmentation) against the memory-map gather limit."""
     from mmvit.bench.data import run_data_benchmark
 
-    result = run_data_benchmark(_root(root), direct_patches=patches, batches=batches,
-                                batch_size=batch_size, workers=workers, cache_dir=cache_dir)
-    console.print(result.summary(), soft_wrap=True, highlight=False)
+    result = run_data_benchmark(_root(root), batches=batches, batch_size=batch_size, per_sample=per_sample,
+                                workers=workers, cache_dir=cache_dir)
+    console.print(result.summary(), soft_wrap=True, highlight=False, markup=False)
+
+
+@bench_app.command("train")
+def bench_train(
+    config: Annotated[list[str], typer.Option(help="small and/or thesis.")] = ["small", "thesis"],
+    batch_size: Annotated[int, typer.Option()] = 64,
+    patches: Annotated[int, typer.Option(help="Patches in the synthetic cache (one epoch).")] = 1024,
+    rounds: Annotated[int, typer.Option(help="Rounds; each side's fastest is kept.")] = 2,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda (default: cuda if present).")] = None,
+) -> None:
+    """A trial's training samples/s next to timm's own train step of the same network."""
+    from mmvit.bench.models import keep_freed_memory
+    from mmvit.bench.train import CONFIGS, run_train_benchmark
+
+    unknown = [c for c in config if c not in CONFIGS]
+    if unknown:
+        raise MMViTError(f"--config must be small or thesis, but got {', '.join(unknown)}.")
+    keep_freed_memory()
+    for name in config:
+        result = run_train_benchmark(name, batch_size=batch_size, patches=patches, device=device, rounds=rounds)
+        console.print(result.summary(), soft_wrap=True, highlight=False, markup=False)
+
+
+@bench_app.command("gpu")
+def bench_gpu(
+    patches: Annotated[int, typer.Option(help="Patches in the synthetic cache.")] = 20_000,
+    batch_size: Annotated[int, typer.Option()] = 1024,
+) -> None:
+    """The thesis config on a CUDA device: train step, trial loop on a 20,000-patch cache, their
+    ratio, peak GPU memory and the projected epoch of the training split (a few minutes)."""
+    import torch
+
+    from mmvit.bench.train import run_train_benchmark
+
+    if not torch.cuda.is_available():
+        raise MMViTError("bench gpu needs a CUDA device, and torch sees none here. Run it on a GPU "
+                         "machine, or use `mmvit-study bench train` on this one.")
+    result = run_train_benchmark("thesis", batch_size=batch_size, patches=patches, device="cuda", rounds=2)
+    console.print(result.summary(), soft_wrap=True, highlight=False, markup=False)
 
 
 @app.command("train")

@@ -1,92 +1,111 @@
-"""Data-path throughput: GeoTIFFs read directly vs. the memory-mapped cache.
+"""Data-path throughput: the batch loader against what the memory allows, in one run.
 
-(a) reads the GeoTIFFs of each sample directly — in one process, and through a DataLoader;
-(b) reads the cache through a DataLoader with the same workers and batch size, without
-augmentation and with every augmentation the thesis uses (desynchronised dihedral flips and
-random resized crops, modality drop). The cache conversion itself is timed too.
+On one cached training split (the archive's, or a synthetic one of ``--patches``):
+
+* **gather limit**: random batches gathered from the memory map with one ``index_select`` per
+  array into preallocated buffers and converted to float32: what any loader must at least do;
+* **batch loader**: :class:`mmvit.data.loader.BatchLoader` on the CPU, normalisation only, and
+  with every thesis augmentation (desynchronised dihedral flips and random resized crops,
+  modality drop 0.5): model-ready batches;
+* **per-sample DataLoader** (the loader before the batch path, for reference): the cached
+  dataset with the same augmentations through ``torch.utils.data.DataLoader``.
 """
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
+from mmvit.data.batch_augment import AugmentOptions
 from mmvit.data.bigearthnet import BigEarthNetMM
-from mmvit.data.transforms import build_transforms
+from mmvit.data.loader import BatchLoader, SplitArrays, split_arrays
+from mmvit.data.transforms import build_transforms, channel_affine
+
+ALL_AUGMENTATIONS = AugmentOptions(flip=True, crop=True, synchronised=False, modality_drop=0.5)
 
 
 @dataclass
 class DataBenchmark:
-    direct_single: float
-    direct_loader: float
-    cached_plain: float
-    cached_augmented: float
-    conversion: float
-    workers: int
+    source: str
     batch_size: int
+    threads: int
+    gather_limit: float
+    batch_plain: float
+    batch_augmented: float
+    per_sample: float | None
+    workers: int
 
     def summary(self) -> str:
-        loader = f"DataLoader({self.workers} workers, batch {self.batch_size})"
-        return "\n".join([
-            f"(a) GeoTIFFs, direct, one process                 {self.direct_single:8.1f} patches/s",
-            f"(a) GeoTIFFs, direct, {loader}  {self.direct_loader:8.1f} patches/s",
-            f"(b) cache, no augmentation, {loader}  {self.cached_plain:8.1f} patches/s",
-            f"(b) cache + all augmentations, {loader}  {self.cached_augmented:8.1f} patches/s",
-            f"    cache conversion ({self.workers} processes)               {self.conversion:8.1f} patches/s",
-            f"ratio (b, augmented) / (a, one process):      {self.cached_augmented / self.direct_single:5.1f}x",
-            f"ratio (b, augmented) / (a, same DataLoader):  {self.cached_augmented / self.direct_loader:5.1f}x",
-            f"ratio (b, no augmentation) / (a, same DataLoader): {self.cached_plain / self.direct_loader:5.1f}x",
-        ])
+        lines = [
+            f"{self.source}; batch {self.batch_size}, {self.threads} CPU thread(s)",
+            f"  gather limit (index_select from the memory map → float32)  {self.gather_limit:9.0f} patches/s",
+            f"  batch loader, normalisation only                            {self.batch_plain:9.0f} patches/s",
+            f"  batch loader, every augmentation                            {self.batch_augmented:9.0f} patches/s",
+        ]
+        if self.per_sample is not None:
+            lines.append(f"  per-sample DataLoader ({self.workers} workers), every augmentation"
+                         f"      {self.per_sample:9.0f} patches/s")
+        lines.append(f"ratio batch loader (augmented) / gather limit:   {self.batch_augmented / self.gather_limit:5.2f}")
+        if self.per_sample is not None:
+            lines.append(f"ratio batch loader (augmented) / per-sample DataLoader: {self.batch_augmented / self.per_sample:5.1f}x")
+        return "\n".join(lines)
 
 
-def _cycle(loader: DataLoader) -> Iterator[dict]:
-    while True:
-        yield from loader
-
-
-def _rate(loader: DataLoader, batches: int) -> float:
-    """Samples per second over ``batches`` batches, after one warm-up batch (worker start-up)."""
-    stream = _cycle(loader)
+def _rate(batches: Callable[[], Iterator], count: int) -> float:
+    """Patches per second over ``count`` batches, after one warm-up batch."""
+    stream = itertools.chain.from_iterable(batches() for _ in itertools.count())
     next(stream)
     seen = 0
     start = time.perf_counter()
-    for _ in range(batches):
-        seen += len(next(stream)["patch"])
+    for _ in range(count):
+        seen += len(next(stream)["label"])
     return seen / (time.perf_counter() - start)
 
 
-def _loader(dataset, batch_size: int, workers: int) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-                      persistent_workers=workers > 0, drop_last=True)
+def _gather_limit(split: SplitArrays, batch_size: int, count: int) -> float:
+    generator = torch.Generator().manual_seed(0)
+    raw = {key: torch.empty((batch_size, *a.shape[1:]), dtype=a.dtype) for key, a in split.images.items()}
+    floats = {key: torch.empty(t.shape) for key, t in raw.items()}
+
+    def batches() -> Iterator[dict]:
+        for _ in range(len(split) // batch_size or 1):
+            rows = split.rows[torch.randint(len(split), (batch_size,), generator=generator)].sort().values
+            batch = split.gather(rows, raw)
+            yield {"label": batch["label"], **{k: floats[k].copy_(batch[k]) for k in raw}}
+
+    return _rate(batches, count)
 
 
-def run_data_benchmark(root: Path, *, direct_patches: int = 200, batches: int = 20,
-                       batch_size: int = 64, workers: int = 2,
-                       cache_dir: Path | None = None) -> DataBenchmark:
-    torch.set_num_threads(1)
-    direct = BigEarthNetMM(root, "train", "s2+s1")
-    count = min(direct_patches, len(direct))
-    start = time.perf_counter()
-    for index in range(count):
-        direct[index]
-    single = count / (time.perf_counter() - start)
-    direct_rate = _rate(_loader(direct, batch_size, workers), max(1, count // batch_size))
-
+def run_data_benchmark(root: Path, *, batches: int = 20, batch_size: int = 256, per_sample: bool = True,
+                       workers: int = 2, cache_dir: Path | None = None) -> DataBenchmark:
     with tempfile.TemporaryDirectory() as scratch:
-        start = time.perf_counter()
-        cached = BigEarthNetMM(root, "train", "s2+s1", cache_dir=cache_dir or Path(scratch), workers=workers)
-        conversion = len(cached) / (time.perf_counter() - start)
-        plain = _rate(_loader(cached, batch_size, workers), batches)
-        stats = cached.stats()
-        cached.transforms = build_transforms(
-            train=True, s2_stats=stats["s2"], s1_stats=stats["s1"], flip=True, crop=True,
-            synchronised=False, modality_drop=0.5,
-        )
-        augmented = _rate(_loader(cached, batch_size, workers), batches)
-    return DataBenchmark(single, direct_rate, plain, augmented, conversion, workers, batch_size)
+        dataset = BigEarthNetMM(root, "train", "s2+s1", cache_dir=cache_dir or Path(scratch), workers=workers)
+        stats = dataset.stats()
+        split = split_arrays(dataset)
+        normalisation = {"s2": channel_affine(stats["s2"]), "s1": channel_affine(stats["s1"])}
+        cpu = torch.device("cpu")
+        seeds = itertools.count()
+        plain = BatchLoader(split, batch_size=batch_size, device=cpu, normalisation=normalisation, shuffle=True)
+        augmented = BatchLoader(split, batch_size=batch_size, device=cpu, normalisation=normalisation,
+                                augment=ALL_AUGMENTATIONS, shuffle=True)
+        limit = _gather_limit(split, batch_size, batches)
+        plain_rate = _rate(lambda: plain.batches(next(seeds)), batches)
+        augmented_rate = _rate(lambda: augmented.batches(next(seeds)), batches)
+        before = None
+        if per_sample:
+            dataset.transforms = build_transforms(
+                train=True, s2_stats=stats["s2"], s1_stats=stats["s1"], flip=True, crop=True,
+                synchronised=False, modality_drop=0.5)
+            loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
+                                persistent_workers=workers > 0)
+            before = _rate(lambda: iter(loader), max(2, batches // 4))
+    source = f"{dataset.archive.describe()}, train split ({len(split):,} patches, cached)"
+    return DataBenchmark(source, batch_size, torch.get_num_threads(), limit, plain_rate, augmented_rate,
+                         before, workers)

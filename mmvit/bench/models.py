@@ -171,7 +171,7 @@ def _build(run: TimmRun | ModelRun, config: BenchConfig, batch_size: int, device
     return model, inputs, model.patch_embed.num_patches + 1
 
 
-def _keep_freed_memory() -> None:
+def keep_freed_memory() -> None:
     """Make glibc keep freed memory for reuse, as tcmalloc or jemalloc would (the PyTorch CPU
     tuning guide's advice). By default it hands big blocks back to the OS after each step and
     page-faults them in again, which made the same model's speed vary by 20% between runs."""
@@ -255,7 +255,7 @@ def _measure(runs: Sequence[TimmRun | ModelRun], config: BenchConfig, batch_size
     Then memory: each run's peak over two training steps (the second with Adam's state);
     last, because on CPU measuring it hands freed memory back, which slows what follows."""
     if not device.startswith("cuda"):
-        _keep_freed_memory()
+        keep_freed_memory()
     best: dict[TimmRun | ModelRun, float] = {}
     for _ in range(rounds):
         for run in runs:

@@ -14,6 +14,9 @@ _EXPORTS = {
     "write_demo_archive": "mmvit.data.demo",
     "ensure_demo_archive": "mmvit.data.demo",
     "build_transforms": "mmvit.data.transforms",
+    "BatchLoader": "mmvit.data.loader",
+    "split_arrays": "mmvit.data.loader",
+    "AugmentOptions": "mmvit.data.batch_augment",
 }
 
 __all__ = list(_EXPORTS)

@@ -4,13 +4,22 @@ batch in one pass, in parallel over samples (numba; compiled once, cached on dis
 Per sample and channel it runs the separable bilinear resampling in two sweeps that the
 compiler vectorises: rows (a weighted sum of two whole source rows, normalised on the way),
 then columns (a gather inside one 120-float row). A transposed source is copied to a small
-contiguous plane first so that both sweeps read memory in order.
+contiguous plane first so that both sweeps read memory in order. Called from one thread at a
+time (the work-queue threading layer below is not re-entrant).
 """
 
 from __future__ import annotations
 
+import os
+
+import numba
 import numpy as np
 from numba import njit, prange
+
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    # numba's default OpenMP pool spins between kernels: two trials side by side on one
+    # machine (Ray) then ran at a third of their speed. Its own work queue sleeps instead.
+    numba.config.THREADING_LAYER = "workqueue"
 
 
 @njit(inline="always", fastmath=True, boundscheck=False)

@@ -64,7 +64,8 @@ def draw_boxes(count: int, generator: torch.Generator, scale: Sequence[float],
                ratio: Sequence[float], size: int = PATCH_SIZE) -> torch.Tensor:
     """``count`` crop boxes (top, left, height, width) with torchvision's RandomResizedCrop
     distribution: up to 10 tries of area × aspect drawn log-uniformly, the first that fits;
-    the whole image when none does (a square image's ratio is always within the range)."""
+    where none fits, torchvision's fallback (the whole square, or a centred box at the nearest
+    aspect when 1 is outside ``ratio``)."""
     area = size * size
     target = area * (scale[0] + (scale[1] - scale[0]) * torch.rand(count, CROP_ATTEMPTS, generator=generator))
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
@@ -74,10 +75,18 @@ def draw_boxes(count: int, generator: torch.Generator, scale: Sequence[float],
     fits = (width > 0) & (width <= size) & (height > 0) & (height <= size)
     first = torch.where(fits.any(1), fits.long().argmax(1), -1)
     pick = first.clamp(min=0)[:, None]
-    height = torch.where(first >= 0, height.gather(1, pick)[:, 0], size)
-    width = torch.where(first >= 0, width.gather(1, pick)[:, 0], size)
+    fallback_height, fallback_width = size, size  # a square's aspect is 1
+    if 1 < min(ratio):
+        fallback_height = int(round(size / min(ratio)))
+    elif 1 > max(ratio):
+        fallback_width = int(round(size * max(ratio)))
+    drawn = first >= 0
+    height = torch.where(drawn, height.gather(1, pick)[:, 0], fallback_height)
+    width = torch.where(drawn, width.gather(1, pick)[:, 0], fallback_width)
     top = (torch.rand(count, generator=generator) * (size - height + 1)).long()
     left = (torch.rand(count, generator=generator) * (size - width + 1)).long()
+    top = torch.where(drawn, top, (size - fallback_height) // 2)
+    left = torch.where(drawn, left, (size - fallback_width) // 2)
     return torch.stack([top, left, height, width], 1)
 
 
@@ -146,13 +155,21 @@ def draw_batch(count: int, keys: Sequence[str], options: AugmentOptions,
     return BatchDraws(tables, keep)
 
 
+def as_float(source: torch.Tensor) -> torch.Tensor:
+    """float32 values of ``source``; uint16 (the S2 cache) through int32, since not every
+    device has kernels for torch's younger unsigned types."""
+    if source.dtype == torch.uint16 and source.device.type != "cpu":
+        return (source.view(torch.int16).to(torch.int32) & 0xFFFF).float()
+    return source.float()
+
+
 def resample_torch(source: torch.Tensor, tables: Tables, keep: torch.Tensor, shift: torch.Tensor,
                    scale: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Normalise ``(x - shift) * scale`` per channel, resample with ``tables``, zero the
     samples not kept: two batched gathers (the GPU path; exact on any device)."""
     batch = source.shape[0]
     size = tables.rows0.shape[1]
-    x = (source.float() - shift.view(1, -1, 1, 1)) * scale.view(1, -1, 1, 1)
+    x = (as_float(source) - shift.view(1, -1, 1, 1)) * scale.view(1, -1, 1, 1)
     x = torch.where(tables.transpose.view(-1, 1, 1, 1), x.transpose(-1, -2), x)
 
     def along(image: torch.Tensor, dim: int, low: torch.Tensor, high: torch.Tensor, weight: torch.Tensor):
@@ -184,6 +201,8 @@ def resample_batch(source: torch.Tensor, tables: Tables, keep: torch.Tensor, shi
 
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     size = tables.rows0.shape[1]
+    if source.dtype == torch.float16:  # numba has no half floats: one conversion pass
+        source = source.float()
     if out is None:
         out = torch.empty((source.shape[0], source.shape[1], size, size), dtype=torch.float32)
     resample(source.numpy(), *(t.numpy() for t in (tables.rows0, tables.rows1, tables.row_weight,

@@ -29,7 +29,7 @@ import torch
 
 from mmvit.config import TrialConfig
 from mmvit.data.bands import input_channels
-from mmvit.data.batch_augment import AugmentOptions, draw_batch, resample_batch
+from mmvit.data.batch_augment import AugmentOptions, as_float, draw_batch, resample_batch
 from mmvit.data.bigearthnet import BigEarthNetMM
 from mmvit.data.cache import default_cache_dir
 from mmvit.data.transforms import channel_affine
@@ -164,10 +164,14 @@ class BatchLoader:
                                  pin_memory=self._pin)
                 for key, array in self.split.images.items()}
 
-    def _produce(self, order: list[torch.Tensor], out: queue.Queue, stop: threading.Event) -> None:
+    def _produce(self, order: list[torch.Tensor], out: queue.Queue, stop: threading.Event,
+                 threads: int) -> None:
         """Gather batch after batch into a ring of host buffers (three: one in use, one
         waiting, one being filled) and, on GPUs, copy it to the device on a side stream."""
         try:
+            # torch's thread count is per OS thread: a new thread would use every core of the
+            # machine, and on a shared machine (Ray trials side by side) spin against the others.
+            torch.set_num_threads(threads)
             ring = [self._host_buffers() for _ in range(3)]
             stream = torch.cuda.Stream(self.device) if self._pin else None
             for index, rows in enumerate(order):
@@ -196,7 +200,8 @@ class BatchLoader:
             return
         handoff: queue.Queue = queue.Queue(maxsize=1)
         stop = threading.Event()
-        worker = threading.Thread(target=self._produce, args=(order, handoff, stop), daemon=True,
+        worker = threading.Thread(target=self._produce, args=(order, handoff, stop, torch.get_num_threads()),
+                                  daemon=True,
                                   name="mmvit-batches")
         worker.start()
         try:
@@ -251,6 +256,6 @@ def _normalise(source: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
                out: torch.Tensor | None) -> torch.Tensor:
     view = (1, -1, 1, 1)
     if out is None:
-        return (source.float() - shift.view(view)).mul_(scale.view(view))
+        return (as_float(source) - shift.view(view)).mul_(scale.view(view))
     torch.sub(source, shift.view(view), out=out)  # uint16 - float32 promotes: one pass
     return out.mul_(scale.view(view))
