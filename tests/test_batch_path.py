@@ -13,7 +13,6 @@ from torchvision.transforms import RandomResizedCrop as TorchvisionCrop
 from torchvision.transforms.v2 import functional as F
 
 from mmvit.config import trial_config
-from mmvit.data import splits
 from mmvit.data.batch_augment import (
     AugmentOptions, draw_batch, draw_boxes, make_tables, resample_batch, resample_torch,
 )
@@ -282,18 +281,12 @@ def test_same_seed_same_draws():
 
 @pytest.fixture(scope="module")
 def demo(demo_root, tmp_path_factory):
-    with pytest.MonkeyPatch.context() as patch:
-        if splits.excluded_patches.cache_info().currsize == 0:
-            # Reading the official exclusion lists takes 10+ s once per process; no demo patch is
-            # on them (mmvit.data.demo picks products without snow, cloud or no-label patches),
-            # so when no other test has read them yet this module skips them.
-            patch.setattr(splits, "excluded_patches", frozenset)
-        cache = tmp_path_factory.mktemp("batch-path-cache")
-        for split in ("train", "validation", "test"):  # cached in-process: no pool of spawned workers
-            BigEarthNetMM(demo_root, split, cache_dir=cache, workers=0)
-        data = build_datasets(trial_config({"data": {"root": str(demo_root), "cache_dir": str(cache)}}))
-        train = BigEarthNetMM(demo_root, "train", cache_dir=cache)
-        yield SimpleNamespace(root=demo_root, cache=cache, data=data, stats=train.stats(), size=len(train))
+    cache = tmp_path_factory.mktemp("batch-path-cache")
+    for split in ("train", "validation", "test"):  # cached in-process: no pool of spawned workers
+        BigEarthNetMM(demo_root, split, cache_dir=cache, workers=0)
+    data = build_datasets(trial_config({"data": {"root": str(demo_root), "cache_dir": str(cache)}}))
+    train = BigEarthNetMM(demo_root, "train", cache_dir=cache)
+    return SimpleNamespace(root=demo_root, cache=cache, data=data, stats=train.stats(), size=len(train))
 
 
 def _per_sample(demo, transforms, modalities: str = "s2+s1") -> BigEarthNetMM:
