@@ -167,6 +167,7 @@ def bench_train(
     patches: Annotated[int, typer.Option(help="Patches in the synthetic cache (one epoch).")] = 1024,
     rounds: Annotated[int, typer.Option(help="Rounds; each side's fastest is kept.")] = 2,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda (default: cuda if present).")] = None,
+    compile: Annotated[bool, typer.Option(help="torch.compile both sides.")] = False,
 ) -> None:
     """A trial's training samples/s next to timm's own train step of the same network."""
     from mmvit.bench.models import keep_freed_memory
@@ -177,7 +178,8 @@ def bench_train(
         raise MMViTError(f"--config must be small or thesis, but got {', '.join(unknown)}.")
     keep_freed_memory()
     for name in config:
-        result = run_train_benchmark(name, batch_size=batch_size, patches=patches, device=device, rounds=rounds)
+        result = run_train_benchmark(name, batch_size=batch_size, patches=patches, device=device,
+                                     rounds=rounds, compile=compile)
         console.print(result.summary(), soft_wrap=True, highlight=False, markup=False)
 
 

@@ -519,3 +519,24 @@ def test_cuda_batches_equal_cpu_batches(demo):
             assert torch.equal(ours["label"], theirs["label"])
             for key in ("s2", "s1"):
                 _assert_float32_close(ours[key], theirs[key])
+
+
+def test_leaving_an_epoch_early_stops_the_prefetch_thread(demo):
+    """A consumer that leaves an epoch early (an exception in the step, a benchmark) must not
+    deadlock with the prefetch thread, whichever hand-off that thread is blocked in: a batch,
+    or the end of the epoch once the last batch waits in the queue."""
+    import threading
+    import time
+
+    loader = _loader(demo, batch_size=max(1, len(demo.data.train) // 5), shuffle=True)
+    assert len(loader) >= 4
+    for taken in (1, len(loader) - 1):
+        epoch = loader.batches(0)
+        for _ in range(taken):
+            next(epoch)
+        time.sleep(0.5)  # the thread fills the queue and blocks on its next hand-off
+        closer = threading.Thread(target=epoch.close)  # the generator's clean-up joins the thread
+        closer.start()
+        closer.join(timeout=10)
+        assert not closer.is_alive(), f"closing after {taken} batch(es) deadlocked"
+    assert not [t for t in threading.enumerate() if t.name == "mmvit-batches"]

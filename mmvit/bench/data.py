@@ -14,7 +14,6 @@ On one cached training split (the archive's, or a synthetic one of ``--patches``
 from __future__ import annotations
 
 import itertools
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from mmvit.data.batch_augment import AugmentOptions
 from mmvit.data.bigearthnet import BigEarthNetMM
+from mmvit.data.cache import default_cache_dir
 from mmvit.data.loader import BatchLoader, SplitArrays, split_arrays
 from mmvit.data.transforms import build_transforms, channel_affine
 
@@ -85,27 +85,26 @@ def _gather_limit(split: SplitArrays, batch_size: int, count: int) -> float:
 
 def run_data_benchmark(root: Path, *, batches: int = 20, batch_size: int = 256, per_sample: bool = True,
                        workers: int = 2, cache_dir: Path | None = None) -> DataBenchmark:
-    with tempfile.TemporaryDirectory() as scratch:
-        dataset = BigEarthNetMM(root, "train", "s2+s1", cache_dir=cache_dir or Path(scratch), workers=workers)
-        stats = dataset.stats()
-        split = split_arrays(dataset)
-        normalisation = {"s2": channel_affine(stats["s2"]), "s1": channel_affine(stats["s1"])}
-        cpu = torch.device("cpu")
-        seeds = itertools.count()
-        plain = BatchLoader(split, batch_size=batch_size, device=cpu, normalisation=normalisation, shuffle=True)
-        augmented = BatchLoader(split, batch_size=batch_size, device=cpu, normalisation=normalisation,
-                                augment=ALL_AUGMENTATIONS, shuffle=True)
-        limit = _gather_limit(split, batch_size, batches)
-        plain_rate = _rate(lambda: plain.batches(next(seeds)), batches)
-        augmented_rate = _rate(lambda: augmented.batches(next(seeds)), batches)
-        before = None
-        if per_sample:
-            dataset.transforms = build_transforms(
-                train=True, s2_stats=stats["s2"], s1_stats=stats["s1"], flip=True, crop=True,
-                synchronised=False, modality_drop=0.5)
-            loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-                                persistent_workers=workers > 0)
-            before = _rate(lambda: iter(loader), max(2, batches // 4))
+    dataset = BigEarthNetMM(root, "train", "s2+s1", cache_dir=cache_dir or default_cache_dir())
+    stats = dataset.stats()
+    split = split_arrays(dataset)
+    normalisation = {"s2": channel_affine(stats["s2"]), "s1": channel_affine(stats["s1"])}
+    cpu = torch.device("cpu")
+    seeds = itertools.count()
+    plain = BatchLoader(split, batch_size=batch_size, device=cpu, normalisation=normalisation, shuffle=True)
+    augmented = BatchLoader(split, batch_size=batch_size, device=cpu, normalisation=normalisation,
+                            augment=ALL_AUGMENTATIONS, shuffle=True)
+    limit = _gather_limit(split, batch_size, batches)
+    plain_rate = _rate(lambda: plain.batches(next(seeds)), batches)
+    augmented_rate = _rate(lambda: augmented.batches(next(seeds)), batches)
+    before = None
+    if per_sample:
+        dataset.transforms = build_transforms(
+            train=True, s2_stats=stats["s2"], s1_stats=stats["s1"], flip=True, crop=True,
+            synchronised=False, modality_drop=0.5)
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
+                            persistent_workers=workers > 0)
+        before = _rate(lambda: iter(loader), max(2, batches // 4))
     source = f"{dataset.archive.describe()}, train split ({len(split):,} patches, cached)"
     return DataBenchmark(source, batch_size, torch.get_num_threads(), limit, plain_rate, augmented_rate,
                          before, workers)

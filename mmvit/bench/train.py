@@ -3,6 +3,8 @@
 Both run in one process, on one synthetic cache, in turns (``rounds`` times, each side's
 fastest round kept, so drifts of the machine hit both alike):
 
+With ``compile``, both sides run ``torch.compile``d (the first round pays for compiling).
+
 * **timm step**: timm's ``VisionTransformer`` on the 12 stacked channels (what Early Fusion is),
   forward + backward + Adam on one random batch that stays on the device: no data at all;
 * **trial loop**: ``mmvit.train.loop.train_trial`` of Early Fusion with the same settings on a
@@ -74,6 +76,7 @@ def synthetic_data(folder: Path, patches: int, evaluation_patches: int) -> Trial
 class TrainBenchmark:
     config: str
     device: str
+    compiled: bool
     batch_size: int
     patches: int
     timm_step: float  # samples/s
@@ -91,7 +94,8 @@ class TrainBenchmark:
     def summary(self) -> str:
         memory = f", peak GPU memory {self.peak_memory_mb:,.0f} MiB" if self.device.startswith("cuda") else ""
         return "\n".join([
-            f"{self.config} config on {self.device}, batch {self.batch_size}, synthetic cache of "
+            f"{self.config} config on {self.device}{', torch.compile' if self.compiled else ''}, "
+            f"batch {self.batch_size}, synthetic cache of "
             f"{self.patches:,} patches{memory}",
             f"  timm train step (data already on the device)   {self.timm_step:10.1f} samples/s",
             f"  trial loop (cache → augment → train step)      {self.trial_loop:10.1f} samples/s",
@@ -100,11 +104,11 @@ class TrainBenchmark:
         ])
 
 
-def trial_settings(config: str, batch_size: int, device: str, epochs: int) -> TrialConfig:
+def trial_settings(config: str, batch_size: int, device: str, epochs: int, compile: bool = False) -> TrialConfig:
     return trial_config({
         "model": {"fusion": "early", **CONFIGS[config]},
         "train": {"epochs": epochs, "batch_size": batch_size, "eval_batch_size": batch_size,
-                  "device": device, "warmup_epochs": 0},
+                  "device": device, "warmup_epochs": 0, "compile": compile},
     })
 
 
@@ -123,13 +127,14 @@ def _timm_rate(settings: TrialConfig, steps: int, warmup: int) -> float:
         attn_drop_rate=model_settings.attn_drop_rate, drop_path_rate=model_settings.drop_path_rate,
     ).to(device).train()
     optimiser = make_optimiser(model, settings, device)
+    forward = torch.compile(model) if settings.train.compile else model
     inputs = torch.randn(batch, 12, PATCH_SIZE, PATCH_SIZE, device=device)
     targets = (torch.rand(batch, NUM_CLASSES, device=device) < 0.15).float()
     loss_fn = torch.nn.BCEWithLogitsLoss()
 
     def step() -> None:
         with _autocast(device, precision):
-            logits = model(inputs)
+            logits = forward(inputs)
         loss = loss_fn(logits.float(), targets)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -148,13 +153,13 @@ def _timm_rate(settings: TrialConfig, steps: int, warmup: int) -> float:
 
 
 def run_train_benchmark(config: str = "small", *, batch_size: int = 64, patches: int = 1024,
-                        device: str | None = None, rounds: int = 2) -> TrainBenchmark:
+                        device: str | None = None, rounds: int = 2, compile: bool = False) -> TrainBenchmark:
     """Each side's best of ``rounds``; the trial runs two epochs of ``patches`` per round and
     the timm step as many steps as one such epoch."""
     from mmvit.train.loop import train_trial
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    settings = trial_settings(config, batch_size, device, epochs=2)
+    settings = trial_settings(config, batch_size, device, epochs=2, compile=compile)
     steps = max(3, math.ceil(patches / batch_size))
     timm_best = trial_best = 0.0
     with tempfile.TemporaryDirectory(prefix="mmvit-bench-") as folder:
@@ -166,4 +171,4 @@ def run_train_benchmark(config: str = "small", *, batch_size: int = 64, patches:
             result = train_trial(settings, data=data, test=False)
             trial_best = max(trial_best, result.history[-1].samples_per_s)
         peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else math.nan
-    return TrainBenchmark(config, device, batch_size, patches, timm_best, trial_best, peak)
+    return TrainBenchmark(config, device, compile, batch_size, patches, timm_best, trial_best, peak)

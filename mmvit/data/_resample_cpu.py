@@ -61,3 +61,16 @@ def resample(source, rows0, rows1, row_weight, cols0, cols1, col_weight, transpo
             else:
                 _rows(source[b, c], rows0[b], rows1[b], row_weight[b], shift[c], scale[c], rows)
             _cols(rows, cols0[b], cols1[b], col_weight[b], out[b, c])
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath=True, boundscheck=False)
+def normalise(source, shift, scale, out):  # pragma: no cover - compiled
+    """``out[b, c] = (source[b, c] - shift[c]) * scale[c]`` in one pass (evaluation batches)."""
+    batch, channels, height, width = out.shape
+    for b in prange(batch):
+        for c in range(channels):
+            m, s = shift[c], scale[c]
+            plane, target = source[b, c], out[b, c]
+            for i in range(height):
+                for j in range(width):
+                    target[i, j] = (np.float32(plane[i, j]) - m) * s

@@ -22,7 +22,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from mmvit.data.bands import PATCH_SIZE
@@ -190,16 +189,21 @@ def resample_torch(source: torch.Tensor, tables: Tables, keep: torch.Tensor, shi
     return x
 
 
+def set_cpu_threads() -> None:
+    """The CPU kernels use as many threads as torch does in this thread (a trial's share)."""
+    import numba
+
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
 def resample_batch(source: torch.Tensor, tables: Tables, keep: torch.Tensor, shift: torch.Tensor,
                    scale: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`resample_torch`'s result, from the numba kernel when ``source`` is on a CPU."""
     if source.device.type != "cpu":
         return resample_torch(source, tables, keep, shift, scale, out)
-    import numba
-
     from mmvit.data._resample_cpu import resample
 
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    set_cpu_threads()
     size = tables.rows0.shape[1]
     if source.dtype == torch.float16:  # numba has no half floats: one conversion pass
         source = source.float()

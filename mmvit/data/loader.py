@@ -29,7 +29,7 @@ import torch
 
 from mmvit.config import TrialConfig
 from mmvit.data.bands import input_channels
-from mmvit.data.batch_augment import AugmentOptions, as_float, draw_batch, resample_batch
+from mmvit.data.batch_augment import AugmentOptions, as_float, draw_batch, resample_batch, set_cpu_threads
 from mmvit.data.bigearthnet import BigEarthNetMM
 from mmvit.data.cache import default_cache_dir
 from mmvit.data.transforms import channel_affine
@@ -167,7 +167,19 @@ class BatchLoader:
     def _produce(self, order: list[torch.Tensor], out: queue.Queue, stop: threading.Event,
                  threads: int) -> None:
         """Gather batch after batch into a ring of host buffers (three: one in use, one
-        waiting, one being filled) and, on GPUs, copy it to the device on a side stream."""
+        waiting, one being filled) and, on GPUs, copy it to the device on a side stream.
+        Ends with ``None`` (or the error raised); gives up as soon as ``stop`` is set (the
+        consumer left the epoch early)."""
+
+        def hand(item) -> bool:
+            while not stop.is_set():
+                try:
+                    out.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
         try:
             # torch's thread count is per OS thread: a new thread would use every core of the
             # machine, and on a shared machine (Ray trials side by side) spin against the others.
@@ -180,17 +192,11 @@ class BatchLoader:
                     with torch.cuda.stream(stream):
                         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
                     stream.synchronize()  # the host buffer is free again; the device copy is done
-                while not stop.is_set():
-                    try:
-                        out.put(batch, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not hand(batch):
                     return
-            out.put(None)
+            hand(None)
         except BaseException as error:  # handed to the consumer, which raises it
-            out.put(error)
+            hand(error)
 
     def _host_batches(self, order: list[torch.Tensor]) -> Iterator[Batch]:
         if not self.prefetch:
@@ -254,8 +260,13 @@ class BatchLoader:
 
 def _normalise(source: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
                out: torch.Tensor | None) -> torch.Tensor:
-    view = (1, -1, 1, 1)
-    if out is None:
-        return (as_float(source) - shift.view(view)).mul_(scale.view(view))
-    torch.sub(source, shift.view(view), out=out)  # uint16 - float32 promotes: one pass
-    return out.mul_(scale.view(view))
+    """``(source - shift) * scale`` per channel: one numba pass on CPUs, torch elsewhere."""
+    if out is None or source.dtype == torch.float16:
+        view = (1, -1, 1, 1)
+        result = (as_float(source) - shift.view(view)).mul_(scale.view(view))
+        return result if out is None else out.copy_(result)
+    from mmvit.data._resample_cpu import normalise
+
+    set_cpu_threads()
+    normalise(source.numpy(), shift.numpy(), scale.numpy(), out.numpy())
+    return out
