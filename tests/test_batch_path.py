@@ -540,3 +540,17 @@ def test_leaving_an_epoch_early_stops_the_prefetch_thread(demo):
         closer.join(timeout=10)
         assert not closer.is_alive(), f"closing after {taken} batch(es) deadlocked"
     assert not [t for t in threading.enumerate() if t.name == "mmvit-batches"]
+
+
+def test_s1_left_in_db_passes_every_channel_unchanged(demo):
+    """s1_normalisation=none: one identity (shift, scale) for all channels; the CPU kernels
+    index them per channel, so VH must come out as stored, not scaled by memory past VV's."""
+    from mmvit.data.transforms import channel_affine as affine
+
+    normalisation = {"s1": affine(demo.stats["s1"], "none")}
+    loader = BatchLoader(demo.data.validation, batch_size=8, device=CPU, normalisation=normalisation,
+                         augment=AugmentOptions(flip=False, crop=False))
+    batch = next(loader.batches(0))
+    rows = demo.data.validation.rows[:len(batch["label"])].sort().values
+    stored = demo.data.validation.images["s1"][rows].float()
+    assert torch.equal(batch["s1"], stored)

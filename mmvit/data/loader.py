@@ -142,10 +142,13 @@ class BatchLoader:
         self.split, self.batch_size, self.device = split, batch_size, device
         self.augment, self.shuffle, self.prefetch = augment, shuffle, prefetch
         self.keys = [key for key in INPUT_KEYS if key in split.images]
-        self.normalisation = {
-            key: tuple(t.to(device) for t in normalisation[key]) if key in normalisation else (torch.zeros(1, device=device), torch.ones(1, device=device))
-            for key in self.keys
-        }
+        self.normalisation = {}
+        for key in self.keys:  # one (shift, scale) per channel: the CPU kernels index them by channel
+            channels = (len(split.s2_channels) if key == "s2" and split.s2_channels is not None
+                        else split.images[key].shape[1])
+            shift, scale = normalisation.get(key, (torch.zeros(1), torch.ones(1)))
+            self.normalisation[key] = (shift.expand(channels).contiguous().to(device),
+                                       scale.expand(channels).contiguous().to(device))
         self._pin = device.type == "cuda"
         self._outputs: dict[str, torch.Tensor] = {}
 
