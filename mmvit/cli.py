@@ -2,6 +2,10 @@
 
 User errors (:class:`mmvit.errors.MMViTError`) are caught once, in :class:`_Commands`, and printed
 as a message with exit code 1 — never as a traceback.
+
+Both consoles read no markup: messages, paths, arm names and values print exactly as written (an
+error naming ``pip install -e '.[postgres]'`` keeps its ``[postgres]``). Fixed labels are styled with
+:func:`_labelled`, never with markup in an f-string.
 """
 
 from __future__ import annotations
@@ -14,12 +18,18 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from typer.core import TyperGroup
 
 from mmvit.errors import MMViTError
 
-console = Console(soft_wrap=True)  # long paths stay on one line
-errors = Console(stderr=True)
+console = Console(soft_wrap=True, markup=False)  # long paths stay on one line
+errors = Console(stderr=True, markup=False)
+
+
+def _labelled(label: str, style: str, text: object) -> Text:
+    """A styled fixed ``label``, then ``text`` printed literally (square brackets and all)."""
+    return Text.assemble((label, style), " ", str(text))
 
 
 class _Commands(TyperGroup):
@@ -29,7 +39,7 @@ class _Commands(TyperGroup):
         try:
             return super().invoke(ctx)
         except MMViTError as error:
-            errors.print(f"[bold red]Error:[/] {error}", highlight=False, soft_wrap=True)
+            errors.print(_labelled("Error:", "bold red", error), highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
 
@@ -73,10 +83,15 @@ def _root(root: Path | None) -> Path:
     return ensure_demo_archive()
 
 
+RequireComplete = Annotated[bool, typer.Option(
+    "--require-complete", help="Refuse an archive that holds only part of a split (default: use the patches present).")]
+
+
 @data_app.command("check")
 def data_check(
     root: RootArg = None,
     deep: Annotated[bool, typer.Option(help="Open every file and check sizes and types (slow).")] = False,
+    require_complete: RequireComplete = False,
 ) -> None:
     """Report an archive's layout, patches per split, and missing or unreadable files."""
     from mmvit.data.archive import open_archive
@@ -84,15 +99,19 @@ def data_check(
 
     archive = open_archive(_root(root))
     report = check_archive(archive, deep=deep, progress=console.is_terminal)
-    console.print(f"[bold]{archive.describe()}[/] (layout {report.layout})")
+    console.print(Text.assemble((archive.describe(), "bold"), f" (layout {report.layout})"))
     console.print(f"splits from: {report.split_source}")
     if report.on_disk is not None:
         console.print(f"S2 patch folders on disk: {report.on_disk:,}")
-    table = Table("split", "patches", "missing files", "unreadable" if deep else "unreadable (use --deep)")
+    table = Table("split", "patches", "listed", "missing files", "unreadable" if deep else "unreadable (use --deep)")
     for split in report.splits:
-        table.add_row(split.split, f"{split.patches:,}", str(len(split.missing)),
+        table.add_row(split.split, f"{split.patches:,}", f"{split.presence.listed:,}", str(len(split.missing)),
                       str(len(split.unreadable)) if deep else "-")
     console.print(table)
+    for split in report.splits:
+        if not split.presence.complete:
+            console.print(f"{split.presence.describe()}; first missing: {', '.join(split.presence.missing)}",
+                          highlight=False, markup=False, soft_wrap=True)
     problems = [(s.split, p, what) for s in report.splits for p, what in s.missing + s.unreadable]
     for split, patch, what in problems[:20]:
         console.print(f"  {split}: {patch}: {what}", highlight=False, soft_wrap=True)
@@ -101,6 +120,13 @@ def data_check(
         raise MMViTError(
             f"{len(problems)} patch(es) of {archive.root} have missing or unreadable files{more}. "
             "Re-extract them, or train with skip_unreadable (they are then left out and logged)."
+        )
+    if require_complete and not report.complete:
+        raise MMViTError(
+            f"The archive at {archive.root} is incomplete: "
+            + "; ".join(s.presence.describe() for s in report.splits if not s.presence.complete)
+            + ". Download or extract the missing patches, or leave out --require-complete to use the "
+            "patches present."
         )
 
 
@@ -128,6 +154,7 @@ def data_cache(
     cache_dir: Annotated[Optional[Path], typer.Option(help="Default: $MMVIT_CACHE_DIR or ~/.cache/mmvit-study/cache.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Processes (default: all cores).")] = None,
     skip_unreadable: Annotated[bool, typer.Option(help="Leave out unreadable patches (logged by name).")] = False,
+    require_complete: RequireComplete = False,
 ) -> None:
     """Convert archive splits into the memory-mapped cache (once; later runs reuse it)."""
     from mmvit.data.bigearthnet import BigEarthNetMM
@@ -137,9 +164,12 @@ def data_cache(
         dataset = BigEarthNetMM(
             _root(root), name, modalities, resampling=resampling, speckle_filter=speckle_filter,
             cache_dir=cache_dir or default_cache_dir(), s1_dtype=s1_dtype, workers=workers,
-            skip_unreadable=skip_unreadable, progress=console.is_terminal,
+            skip_unreadable=skip_unreadable, require_complete=require_complete,
+            progress=console.is_terminal,
         )
         note = f", {len(dataset.skipped)} skipped as unreadable" if dataset.skipped else ""
+        if not dataset.presence.complete:
+            note += f" ({dataset.presence.listed:,} listed: the archive is partial)"
         console.print(f"{name}: {len(dataset):,} patches cached{note}")
 
 
@@ -279,7 +309,7 @@ def validate(
         raise MMViTError(f"--profile must be one of {', '.join(PROFILES)}, but got {profile!r}.")
     spec = load_spec(file)
     plan = plan_study(spec, train_patches, profile=profile)
-    console.print(f"[bold]{spec.study}[/] — {spec.description or 'no description'}")
+    console.print(Text.assemble((spec.study, "bold"), f" — {spec.description or 'no description'}"))
     table = Table("arm", "parameters", "tokens", "epochs", "search trials", "seed trials")
     table.columns[0].no_wrap = True
     for arm in plan.arms:
@@ -293,9 +323,9 @@ def validate(
                   + f" = {plan.total_trials} trial(s) ({profile} profile); selection on validation {spec.metric} "
                     f"({spec.direction})")
     if len(seeds) < 3:
-        console.print(f"[bold yellow]Warning:[/] {len(seeds)} seed(s): fewer than three paired seeds, so no paired "
-                      "test will run (the report shows means without tests); use `seeds: [0, 1, 2]` or more.",
-                      highlight=False)
+        console.print(_labelled("Warning:", "bold yellow", f"{len(seeds)} seed(s): fewer than three paired seeds, so "
+                                "no paired test will run (the report shows means without tests); use "
+                                "`seeds: [0, 1, 2]` or more."), highlight=False)
     if plan.gpu_hours is not None:
         console.print(f"rough cost: {plan.gpu_hours:,.1f} GPU-hours at {REFERENCE_TFLOPS:.0f} TFLOP/s effective "
                       f"(6·params·tokens per sample-pass, {plan.arms[0].train_patches:,} training patches, "
@@ -308,13 +338,14 @@ def run(
     data: Annotated[Optional[Path], typer.Option(help="Archive root (default: the demo archive, quick profile).")] = None,
     studies_dir: Annotated[Path, typer.Option(help="Where studies/<study>/ lives.")] = Path("studies"),
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL (default: SQLite in studies/<study>/).")] = None,
-    profile: Annotated[Optional[str], typer.Option(help="full, quick (2 epochs, width 64; default on the demo archive) or smoke (1 epoch, 128 patches, first seed, 2 search trials per arm).")] = None,
+    profile: Annotated[Optional[str], typer.Option(help="full, quick (12 epochs, width 64; default on the demo archive) or smoke (1 epoch, 128 patches, first seed, 2 search trials per arm).")] = None,
     address: Annotated[Optional[str], typer.Option(help="Join a running Ray cluster (auto or HOST:PORT).")] = None,
     retry_failed: Annotated[bool, typer.Option(help="Run failed trials again.")] = False,
     reports_dir: Annotated[Path, typer.Option(help="Where the live report reports/<study>/ is written.")] = Path("reports"),
     storage_path: Annotated[Optional[str], typer.Option(help="Checkpoints and Ray results: a folder every node of the cluster mounts, or an s3:// / gs:// URI (default: --studies-dir).")] = None,
     gpus_per_trial: Annotated[Optional[float], typer.Option(help="GPUs per trial; 0.5 puts two trials on a GPU (default: resources.gpu of the file, else 1 when the cluster has GPUs, else 0).")] = None,
     cpus_per_trial: Annotated[Optional[float], typer.Option(help="CPUs per trial (default: resources.cpu of the file, else a fair share of a GPU node's CPUs, or 1 without GPUs).")] = None,
+    require_complete: RequireComplete = False,
     verbose: Annotated[bool, typer.Option(help="Show Ray's logs.")] = False,
 ) -> None:
     """Run (or resume) a study: every arm × seed, recorded in Optuna storage."""
@@ -332,7 +363,8 @@ def run(
                             data=str(data) if data else None, profile=profile, address=address,
                             retry_failed=retry_failed, verbose=verbose, console=console,
                             reports_dir=reports_dir, storage_path=storage_path,
-                            cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial)
+                            cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                            require_complete=require_complete)
     except KeyboardInterrupt:
         console.print(f"Stopped at once. Everything finished is in {where}; trials that were running "
                       f"resume from their last epoch checkpoint when you run the same command again.")

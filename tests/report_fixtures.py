@@ -94,7 +94,8 @@ def search_trial(*, arm: str, state: TrialState, params: dict[str, Any], curve: 
 def write_study(url: str, name: str, *, spec: dict[str, Any], arms: list[dict[str, Any]],
                 trials: list[FrozenTrial], labels: list[str] | None = CLASSES, reference: dict | None = None,
                 profile: str = "full", search: dict[str, list[FrozenTrial]] | None = None,
-                direction: str = "maximize", planned_seeds: list[int] | None = None) -> None:
+                direction: str = "maximize", planned_seeds: list[int] | None = None,
+                archive_presence: dict[str, list[int]] | None = None) -> None:
     """Create the main study (identity attributes as the runner records them), its trials, and
     one search study per arm in ``search``."""
     storage = optuna.storages.RDBStorage(url)
@@ -109,6 +110,8 @@ def write_study(url: str, name: str, *, spec: dict[str, Any], arms: list[dict[st
         attrs["reference"] = reference
     if planned_seeds is not None:  # the runner records the seeds its profile trains
         attrs["planned_seeds"] = planned_seeds
+    if archive_presence is not None:  # the runner records {split: [present, listed]}
+        attrs["archive_presence"] = archive_presence
     for key, value in attrs.items():
         study.set_user_attr(key, value)
     study.add_trials(trials)

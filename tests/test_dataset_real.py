@@ -80,9 +80,10 @@ def test_snowy_patch_is_excluded_by_default(example_root):
 
 @pytest.mark.parametrize("split, count", [("train", 269_695), ("validation", 123_723), ("test", 125_866)])
 def test_official_split_sizes(example_root, split, count):
+    """The split lists are the official ones; the six example patches are all this root holds."""
     from mmvit.data.archive import open_archive
 
-    assert len(open_archive(example_root).patches(split)) == count
+    assert open_archive(example_root).presence(split).listed == count
 
 
 def test_rgb_is_b04_b03_b02(example_root, examples):

@@ -10,12 +10,19 @@ Two layouts are recognised under ``root``:
   and ``metadata.parquet`` (``patch_id``, ``labels`` as 19-class names, ``split`` as
   train/validation/test, ``s1_name``, snow and cloud flags).
 
+An archive may hold only part of BigEarthNet (a country, a season, a download in progress): a
+split then holds the patch pairs whose S2 and S1 folders are both on disk, found from directory
+listings (never one stat per official patch), and :meth:`Archive.presence` says how many of the
+official ones that is. ``require_complete=True`` turns a partial split into an error.
+
 An archive never opens band files; :mod:`mmvit.data.reader` does.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import logging
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -33,6 +40,11 @@ V1_S1_DIR = "BigEarthNet-S1-v1.0"
 V2_S2_DIR = "BigEarthNet-S2"
 V2_S1_DIR = "BigEarthNet-S1"
 V2_METADATA = "metadata.parquet"
+MISSING_EXAMPLES = 10
+"""How many missing patch names a :class:`Presence` keeps (``data check`` lists them)."""
+
+log = logging.getLogger(__name__)
+_warned: set[tuple[str, str]] = set()  # (root, split): one partial-archive warning per process
 
 
 @dataclass(frozen=True)
@@ -46,17 +58,89 @@ class PatchRef:
     labels: tuple[str, ...] | None = None
 
 
+@dataclass(frozen=True)
+class Presence:
+    """How much of one split is on disk: ``present`` of the ``listed`` patch pairs (after the
+    exclusions) have both their S2 and their S1 folder; ``missing`` holds the first names that
+    do not, sorted."""
+
+    split: str
+    listed: int
+    present: int
+    missing: tuple[str, ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        return self.present == self.listed
+
+    def describe(self) -> str:
+        return f"{self.split}: {self.present:,} of {self.listed:,} official patches present"
+
+
+@functools.lru_cache(maxsize=64)
+def _entries(folder: str, mtime_ns: int) -> frozenset[str]:
+    """Names of the sub-folders of ``folder``; keyed by its mtime, so a folder that gains or
+    loses entries is listed again, and the 590,326 entries of a full archive are listed once
+    per process rather than once per split and dataset."""
+    with os.scandir(folder) as scan:
+        return frozenset(entry.name for entry in scan if entry.is_dir())
+
+
+def folder_entries(folder: Path) -> frozenset[str]:
+    """The sub-folder names of ``folder`` (empty if it does not exist)."""
+    try:
+        return _entries(str(folder), folder.stat().st_mtime_ns)
+    except (FileNotFoundError, NotADirectoryError):
+        return frozenset()
+
+
 class Archive(ABC):
     """A BigEarthNet-MM archive on disk (use :func:`open_archive`)."""
 
     layout: str = ""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, require_complete: bool = False) -> None:
         self.root = root
+        self.require_complete = require_complete
+        self._listings: dict[tuple[str, bool], tuple[list[PatchRef], Presence]] = {}
 
     @abstractmethod
+    def _scan(self, split: str, exclude: bool) -> tuple[list[PatchRef], int, list[str]]:
+        """(pairs of the split on disk, pairs the split lists, names of the listed pairs that are
+        not on disk), in S2-name order, from directory listings."""
+
+    def _listing(self, split: str, exclude: bool) -> tuple[list[PatchRef], Presence]:
+        split = official.normalise_split(split)
+        key = (split, exclude)
+        if key not in self._listings:
+            present, listed, missing = self._scan(split, exclude)
+            presence = Presence(split, listed, len(present), tuple(missing[:MISSING_EXAMPLES]))
+            self._listings[key] = present, presence
+            self._announce(presence)
+        return self._listings[key]
+
+    def _announce(self, presence: Presence) -> None:
+        if presence.complete:
+            return
+        if self.require_complete:
+            raise DataError(
+                f"The {self.describe()} is incomplete: {presence.describe()} (first missing: "
+                f"{', '.join(presence.missing[:3])}). Download or extract the missing patches, or "
+                "leave out require_complete (--require-complete) to use the patches present."
+            )
+        if (str(self.root), presence.split) not in _warned:
+            _warned.add((str(self.root), presence.split))
+            log.warning("%s in the %s; the others are not on disk and are left out "
+                        "(`mmvit-study data check` lists them).", presence.describe(), self.describe())
+
     def patches(self, split: str, *, exclude: bool = True) -> list[PatchRef]:
-        """Patch pairs of a split, sorted by S2 name; ``exclude`` drops snow/cloud/unlabelled."""
+        """Patch pairs of a split that are on disk, sorted by S2 name; ``exclude`` drops
+        snow/cloud/unlabelled patches."""
+        return list(self._listing(split, exclude)[0])
+
+    def presence(self, split: str, *, exclude: bool = True) -> Presence:
+        """How many of the split's listed patch pairs are on disk."""
+        return self._listing(split, exclude)[1]
 
     @property
     @abstractmethod
@@ -75,8 +159,8 @@ class Archive(ABC):
 class V1Archive(Archive):
     layout = "v1"
 
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
+    def __init__(self, root: Path, *, require_complete: bool = False) -> None:
+        super().__init__(root, require_complete=require_complete)
         self.s2_base = root / V1_S2_DIR
         self.s1_base = root / V1_S1_DIR
         self._split_dir = root / "splits"
@@ -127,24 +211,27 @@ class V1Archive(Archive):
 
     def _names(self, split: str) -> list[str]:
         if split == "all":
-            return [entry.name for entry in os.scandir(self.s2_base) if entry.is_dir()]
+            return list(folder_entries(self.s2_base))
         if self._custom:
             if self._split_lists is None:
                 self._split_lists, self._pairs = self._read_custom_splits()
             return list(self._split_lists[split])
         return list(official.official_split(split))
 
-    def patches(self, split: str, *, exclude: bool = True) -> list[PatchRef]:
-        split = official.normalise_split(split)
+    def _scan(self, split: str, exclude: bool) -> tuple[list[PatchRef], int, list[str]]:
         names = sorted(set(self._names(split)))
         if exclude:
             excluded = official.excluded_patches()
             names = [name for name in names if name not in excluded]
-        refs = []
-        for name in names:
-            s1 = self._s1_name(name)
-            refs.append(PatchRef(name, s1, self.s2_base / name, self.s1_base / s1))
-        return refs
+        s2_present, s1_present = folder_entries(self.s2_base), folder_entries(self.s1_base)
+        refs, missing = [], []
+        for name in names:  # S1 partners are looked up for the S2 folders present only
+            s1 = self._s1_name(name) if name in s2_present else None
+            if s1 is not None and s1 in s1_present:
+                refs.append(PatchRef(name, s1, self.s2_base / name, self.s1_base / s1))
+            else:
+                missing.append(name)
+        return refs, len(names), missing
 
 
 def _v2_tile(name: str) -> str:
@@ -155,8 +242,8 @@ def _v2_tile(name: str) -> str:
 class V2Archive(Archive):
     layout = "v2"
 
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
+    def __init__(self, root: Path, *, require_complete: bool = False) -> None:
+        super().__init__(root, require_complete=require_complete)
         self.s2_base = root / V2_S2_DIR
         self.s1_base = root / V2_S1_DIR
         self._metadata = None
@@ -185,8 +272,17 @@ class V2Archive(Archive):
             self._metadata = frame
         return self._metadata
 
-    def patches(self, split: str, *, exclude: bool = True) -> list[PatchRef]:
-        split = official.normalise_split(split)
+    def _scan(self, split: str, exclude: bool) -> tuple[list[PatchRef], int, list[str]]:
+        refs = self._listed(split, exclude)
+        tiles = {folder: folder_entries(folder)
+                 for folder in {r.s2_dir.parent for r in refs} | {r.s1_dir.parent for r in refs}}
+        present, missing = [], []
+        for ref in refs:
+            on_disk = ref.s2_dir.name in tiles[ref.s2_dir.parent] and ref.s1_dir.name in tiles[ref.s1_dir.parent]
+            (present if on_disk else missing).append(ref if on_disk else ref.patch)
+        return present, len(refs), missing
+
+    def _listed(self, split: str, exclude: bool) -> list[PatchRef]:
         frame = self.metadata()
         if split != "all":
             frame = frame[frame["split"] == split]
@@ -216,8 +312,9 @@ def label_vector(ref: PatchRef) -> np.ndarray:
     return label_codec.encode(names, patch=ref.patch)
 
 
-def open_archive(root: str | os.PathLike[str]) -> Archive:
-    """Recognise the layout under ``root``; a not-found error names the root and both layouts."""
+def open_archive(root: str | os.PathLike[str], *, require_complete: bool = False) -> Archive:
+    """Recognise the layout under ``root``; a not-found error names the root and both layouts.
+    ``require_complete`` makes a split with patches missing from disk an error."""
     path = Path(root).expanduser()
     if not path.is_dir():
         raise DataError(
@@ -226,9 +323,9 @@ def open_archive(root: str | os.PathLike[str]) -> Archive:
             f"{V2_S1_DIR}/ and {V2_METADATA} (BigEarthNet v2 / reBEN)."
         )
     if (path / V1_S2_DIR).is_dir() and (path / V1_S1_DIR).is_dir():
-        return V1Archive(path)
+        return V1Archive(path, require_complete=require_complete)
     if (path / V2_METADATA).is_file() and (path / V2_S2_DIR).is_dir() and (path / V2_S1_DIR).is_dir():
-        return V2Archive(path)
+        return V2Archive(path, require_complete=require_complete)
     present = sorted(entry.name for entry in path.iterdir())[:8]
     raise DataError(
         f"{path} is not a BigEarthNet-MM archive: expected the v1 layout ({V1_S2_DIR}/ and "

@@ -41,6 +41,10 @@ class BigEarthNetMM(Dataset):
     A sample is ``{"image_s2": (C,120,120), "image_s1": (2,120,120), "label": (19,),
     "patch": S2 name}`` (float32 tensors; raw values when ``transforms`` is None).
 
+    A partial archive (part of the patches on disk) holds the pairs present: ``len()`` counts
+    them, an index returns the patch asked for, and one warning per split says how many of the
+    official patches are there (``presence``); ``require_complete=True`` makes it an error.
+
     With ``cache_dir`` the split is converted once into memory-mapped arrays
     (:mod:`mmvit.data.cache`) and read from there — identical values, far faster.
 
@@ -62,6 +66,7 @@ class BigEarthNetMM(Dataset):
         s1_dtype: str = "float32",
         skip_unreadable: bool = False,
         exclude: bool = True,
+        require_complete: bool = False,
         workers: int | None = None,
         progress: bool = False,
     ) -> None:
@@ -73,8 +78,9 @@ class BigEarthNetMM(Dataset):
             from mmvit.data.demo import ensure_demo_archive
 
             root = ensure_demo_archive()
-        self.archive: Archive = open_archive(root)
+        self.archive: Archive = open_archive(root, require_complete=require_complete)
         self.split = normalise_split(split)
+        self.presence = self.archive.presence(self.split, exclude=exclude)
         self.modalities = modalities
         self.transforms = transforms
         self.skip_unreadable = skip_unreadable
@@ -106,7 +112,9 @@ class BigEarthNetMM(Dataset):
         if len(self._rows) == 0:
             raise DataError(
                 f"The {self.split!r} split of the {self.archive.describe()} holds no readable "
-                f"patches (split lists from {self.archive.split_source})."
+                f"patches ({self.presence.describe()}; split lists from "
+                f"{self.archive.split_source}). Put the split's patches under the root, or check "
+                "the split name."
             )
 
     def __len__(self) -> int:

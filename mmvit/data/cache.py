@@ -157,7 +157,9 @@ class SplitCache:
         if not self.refs:
             raise DataError(
                 f"The {split!r} split of the {archive.describe()} holds no patches "
-                f"(split lists from {archive.split_source}). Check the split name and the lists."
+                f"({archive.presence(split, exclude=exclude).describe()}; split lists from "
+                f"{archive.split_source}). Put the split's patches under the root, or check the "
+                "split name and the lists."
             )
         digest = hashlib.sha256("\n".join(r.patch for r in self.refs).encode()).hexdigest()[:12]
         self.dir = Path(cache_dir or default_cache_dir()) / archive.identity() / f"{split}-{digest}"

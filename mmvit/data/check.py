@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmvit.data.archive import Archive, PatchRef, V1Archive
+from mmvit.data.archive import Archive, PatchRef, Presence, V1Archive
 from mmvit.data.bands import S1_BANDS, S2_BANDS
 from mmvit.data.patch_reader import PatchReader
 from mmvit.data.splits import SPLITS
@@ -19,6 +19,7 @@ from mmvit.errors import DataError
 class SplitReport:
     split: str
     patches: int
+    presence: Presence
     missing: list[tuple[str, str]] = field(default_factory=list)  # (patch, file)
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (patch, error)
 
@@ -34,6 +35,11 @@ class ArchiveReport:
     @property
     def ok(self) -> bool:
         return all(not s.missing and not s.unreadable for s in self.splits)
+
+    @property
+    def complete(self) -> bool:
+        """Every listed patch pair of every split is on disk."""
+        return all(s.presence.complete for s in self.splits)
 
 
 def expected_files(archive: Archive, ref: PatchRef) -> Iterator[Path]:
@@ -69,7 +75,7 @@ def check_archive(archive: Archive, *, deep: bool = False, threads: int = 8,
     with Progress(disable=not progress) as bar, ThreadPoolExecutor(threads) as pool:
         for split in SPLITS:
             refs = archive.patches(split)
-            report = SplitReport(split, len(refs))
+            report = SplitReport(split, len(refs), archive.presence(split))
             task = bar.add_task(f"checking {split}", total=len(refs))
             results = pool.map(lambda r: _check_patch(archive, r, deep, reader), refs, chunksize=64)
             for ref, (missing, unreadable) in zip(refs, results):

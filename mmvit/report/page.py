@@ -81,6 +81,16 @@ def e(value: object) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
+def _presence_text(presence: dict[str, list[int]] | None) -> str:
+    """" — train 4 of 269,695, … official patches present" (or "complete: …") for the header."""
+    if not presence:
+        return ""
+    parts = [f"{split} {present:,} of {listed:,}" for split, (present, listed) in presence.items()]
+    if all(present == listed for present, listed in presence.values()):
+        return f" — complete: {', '.join(f'{split} {listed:,}' for split, (_, listed) in presence.items())} patches"
+    return f" — partial: {', '.join(parts)} official patches present"
+
+
 def _when(moment: datetime | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M") if moment else "—"
 
@@ -113,11 +123,17 @@ def header_html(record: StudyRecord, view: Overview) -> str:
         out.append(f'<div class="banner warn" id="seeds-note">{len(record.seeds)} seed(s) per arm{cut}: fewer than '
                    f"{MIN_PAIRS} paired seeds, so no paired test ran and no difference in these tables is "
                    "evidence. Run the full profile, or a study with fewer arms, for the tests.</div>")
+    presence = record.archive_presence or {}
+    if any(present < listed for present, listed in presence.values()):
+        out.append(f'<div class="banner warn" id="partial-archive">The archive held part of BigEarthNet'
+                   f"{e(_presence_text(presence).split(':', 1)[1])}: every trial trained and was measured on "
+                   "those patches only, so these figures are not comparable with the full benchmark.</div>")
     if record.baseline_assumed and record.baseline is not None:
         out.append(f'<div class="banner warn" id="baseline-note">No arm equals the study&#x27;s <code>base</code>; '
                    f"Δ and the paired tests use the first arm, {e(record.baseline.name)}, as the baseline.</div>")
     rows = [("Spec hash", record.spec_hash or "not recorded"), ("Profile", record.profile or "not recorded"),
-            ("Archive", record.archive or "not recorded"), ("Storage", record.storage),
+            ("Archive", (record.archive or "not recorded") + _presence_text(record.archive_presence)),
+            ("Storage", record.storage),
             ("Selection metric", f"validation {METRIC_NAMES.get(record.metric, record.metric)} (best epoch)"),
             ("Seeds", ", ".join(str(s) for s in record.seeds) or "not recorded"),
             ("Arms", f"{len(record.arms)}" + (f"; reference {record.baseline.name}" if record.baseline else "")

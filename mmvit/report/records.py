@@ -126,6 +126,8 @@ class StudyRecord:
     spec: dict[str, Any]
     spec_hash: str | None
     archive: str | None
+    archive_presence: dict[str, list[int]] | None
+    """``{split: [present, listed]}``: how many of each split's patches the archive held."""
     profile: str | None
     environment: dict[str, Any]
     class_names: list[str]
@@ -348,6 +350,7 @@ def load_study_record(study_name: str, storage_url: str) -> StudyRecord:
     return StudyRecord(
         name=study_name, storage=redact(storage_url), direction=direction, spec=dict(attrs.get("spec") or {}),
         spec_hash=attrs.get("spec_hash"), archive=attrs.get("archive"), profile=attrs.get("profile"),
+        archive_presence=attrs.get("archive_presence"),
         environment=dict(attrs.get("environment") or {}), class_names=[str(x) for x in labels],
         reference=attrs.get("reference") or None, arms=arms, baseline=baseline, baseline_assumed=assumed,
         trials=trials, search=_search(storage, list(attrs.get("search_studies") or []), names, direction, now, notes),

@@ -83,6 +83,18 @@ def resolve_data(data: str | None, spec: StudySpec, profile: str | None) -> tupl
     return archive, archive, profile
 
 
+def archive_presence(root: str, *, require_complete: bool = False) -> dict[str, list[int]]:
+    """``{split: [present, listed]}`` of the study's archive, recorded with the study (the report
+    shows it beside the archive): a partial archive trains on the patches present.
+    ``require_complete`` refuses a partial archive before any trial starts."""
+    from mmvit.data.archive import open_archive
+    from mmvit.data.splits import SPLITS
+
+    archive = open_archive(root, require_complete=require_complete)
+    counts = {split: archive.presence(split) for split in SPLITS}
+    return {split: [p.present, p.listed] for split, p in counts.items()}
+
+
 def baseline_index(spec: StudySpec, job: StudyJob) -> int | None:
     """The arm whose configuration equals ``base``, if any: an arm list's default baseline."""
     base = job.spec.resolve(Arm("base"), spec.seeds[0]).model_dump()
@@ -359,13 +371,15 @@ def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str |
               data: str | None = None, profile: str | None = None, address: str | None = None,
               retry_failed: bool = False, verbose: bool = False, console=None,
               reports_dir: Path | None = Path("reports"), storage_path: str | None = None,
-              cpus_per_trial: float | None = None, gpus_per_trial: float | None = None) -> RunSummary:
+              cpus_per_trial: float | None = None, gpus_per_trial: float | None = None,
+              require_complete: bool = False) -> RunSummary:
     """Run what the study still needs; ``console`` (a rich Console) shows the live view; the
     report in ``reports_dir/<study>/`` is refreshed as trials finish (None: no report). Each
     trial's CPUs and GPUs: :func:`trial_resources` (a resumed study may use others).
 
     Another driver may work on the same study: its live trials are left to it, and this driver
-    waits for them (taking a trial over if its driver stops) so it returns with the study done."""
+    waits for them (taking a trial over if its driver stops) so it returns with the study done.
+    ``require_complete`` refuses an archive with patches missing from disk."""
     started = time.time()
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
     spec = load_spec(path, check_models=False)  # the schema at once; the models while Ray starts
@@ -375,10 +389,13 @@ def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str |
     with ExitStack() as session:
         # Importing torch and timm and building each arm's model on the meta device takes as long
         # as starting Ray: do both at once (ray.init must stay on the main thread).
-        checked = session.enter_context(ThreadPoolExecutor(1, thread_name_prefix="mmvit-spec")).submit(load_spec, path)
+        pool = session.enter_context(ThreadPoolExecutor(1, thread_name_prefix="mmvit-spec"))
+        checked = pool.submit(load_spec, path)
+        presence = pool.submit(archive_presence, archive, require_complete=require_complete)
         session.enter_context(ray_session(address, verbose))
-        spec = checked.result()
+        spec, counts = checked.result(), presence.result()
         study, additions = ensure_study(open_storage(url), spec, source=str(path), archive=archive, profile=profile)
+        study.set_user_attr("archive_presence", counts)
         if additions:
             log.warning("The study grows by %s.", ", ".join(additions))
         root = resolve_root(storage_path, studies_dir)
