@@ -1,5 +1,6 @@
 """The live view of a running study, drawn from Optuna storage (the same truth ``status`` and
 the report read), so it shows what every driver on the study has done, not one process's view.
+Titles and arm names are :class:`rich.text.Text`: they print as written, brackets and all.
 """
 
 from __future__ import annotations
@@ -69,10 +70,10 @@ def snapshot(url: str, study_name: str, seeds: int, better) -> Snapshot:
 
 def render(snap: Snapshot, title: str, started: float, concurrency: int, search_budget: int) -> Group:
     columns = ["arm", "final done/run/fail", *(["search done/pruned/run/fail"] if search_budget else []), "best val"]
-    table = Table(*columns, title=title, title_justify="left", expand=False)
+    table = Table(*columns, title=Text(title), title_justify="left", expand=False)
     for arm in snap.arms:
         search = [f"{arm.search['COMPLETE']}/{arm.search['PRUNED']}/{arm.search['RUNNING']}/{arm.search['FAIL']}"]
-        table.add_row(arm.name, f"{arm.final['COMPLETE']}/{arm.final['RUNNING']}/{arm.final['FAIL']}",
+        table.add_row(Text(arm.name), f"{arm.final['COMPLETE']}/{arm.final['RUNNING']}/{arm.final['FAIL']}",
                       *(search if search_budget else []), "—" if arm.best is None else f"{arm.best:.4f}")
     elapsed = time.time() - started
     left = snap.planned - snap.complete + sum(max(0, search_budget - a.search["COMPLETE"] - a.search["PRUNED"])

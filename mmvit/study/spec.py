@@ -10,17 +10,22 @@ axis → reference level mapping, or an arm's name; :func:`mmvit.study.arms.comp
 ``ablate`` is a product of axes or an explicit list of arms
 (:mod:`mmvit.study.arms`). Every arm is resolved to a full TrialConfig and its model is built on the
 ``meta`` device, so a patch size that does not divide 120 or a fusion model with one modality
-is refused before anything runs.
+is refused before anything runs. The file itself is read strictly (:class:`_StudyLoader`): UTF-8,
+at most :data:`MAX_SPEC_BYTES`, one mapping, no key given twice, and no anchors, aliases, tags or
+merge keys.
 """
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import hashlib
 import json
+import os
 import re
+from collections.abc import Hashable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -74,13 +79,20 @@ class Asha(_Strict):
         return self
 
 
+MAX_SEED = 2**32 - 1
+"""Seeds (``seeds``, ``search.seed``) must lie in 0..MAX_SEED, the range every generator takes
+(torch takes no seed beyond 64 bits, NumPy none negative or beyond 32): a file is refused when it
+is validated, not when its trials start."""
+
+
 class Search(_Strict):
     sampler: Literal["tpe", "random", "grid", "cmaes", "nsga2"] = "tpe"
     trials_per_arm: int = Field(10, ge=1)
     params: dict[str, SearchParam]
     asha: Asha | None = Field(default_factory=Asha)
-    seed: int | None = Field(None, description="the search trials' seed, never one of `seeds`; "
-                                               "None = SEARCH_SEED (or max(seeds) + 1 if that is a final seed)")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED,
+                             description="the search trials' seed, never one of `seeds`; "
+                                         "None = SEARCH_SEED (or max(seeds) + 1 if that is a final seed)")
 
 
 SEARCH_SEED = 10_000
@@ -145,6 +157,10 @@ class StudySpec(_Strict):
     def _seeds(cls, value: list[int]) -> list[int]:
         if not value or len(set(value)) != len(value):
             raise ValueError(f"must be a non-empty list of distinct integers, but got {value}")
+        outside = [seed for seed in value if not 0 <= seed <= MAX_SEED]
+        if outside:
+            raise ValueError(f"every seed must be in 0..{MAX_SEED} (the random generators' range), and "
+                             f"{', '.join(map(str, outside))} is not")
         return value
 
     @field_validator("metric")
@@ -179,28 +195,188 @@ class StudySpec(_Strict):
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
-# ---------------------------------------------------------------------------- line numbers
+# ---------------------------------------------------------------------------- reading YAML
 
-def _line_index(text: str) -> dict[tuple[str, ...], int]:
-    """Path of keys → 1-based line, for every mapping key and sequence item in the YAML."""
-    index: dict[tuple[str, ...], int] = {}
+MAX_SPEC_BYTES = 64 * 1024
+"""The largest study file read. The shipped ones are under 3 KiB; PyYAML's pure-Python loader
+(needed to refuse anchors as they are parsed) reads dense YAML at roughly 200 KiB/s on a busy
+machine, so this bound keeps a refusal of any file well under a second."""
 
-    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                child = path + (str(key.value),)
-                index[child] = key.start_mark.line + 1
-                walk(value, child)
-        elif isinstance(node, yaml.SequenceNode):
-            for position, item in enumerate(node.value):
-                child = path + (str(position),)
-                index[child] = item.start_mark.line + 1
-                walk(item, child)
+MAX_DEPTH = 32
+"""The deepest nesting of mappings and lists read (a study file needs about six); deeper input
+would only recurse in the composer."""
 
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
-    if root is not None:
-        walk(root, ())
-    return index
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _show_path(path: tuple) -> str:
+    """``('base', 'train')`` → ``base.train``; dotted keys and list positions in brackets."""
+    shown = ""
+    for part in path:
+        if isinstance(part, str) and re.fullmatch(r"[A-Za-z0-9_-]+", part):
+            shown += f".{part}" if shown else part
+        else:
+            shown += f"[{part!r}]"
+    return shown
+
+
+class _StudyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with the refusals a study file needs, made in the one pass that loads it.
+
+    Anchors, aliases and explicit tags (``!!python/…``, ``!!set``: PyYAML's constructors crash on
+    some) are refused as their parser event arrives, before anything is composed or expanded (a
+    "billion laughs" file stops at its first ``&``); merge keys, keys given twice at any
+    depth (YAML would silently keep the last) and nesting deeper than :data:`MAX_DEPTH` are refused
+    as the mappings are built. ``lines`` maps every key's and list item's path to its 1-based line,
+    for messages about values found later."""
+
+    def __init__(self, text: str, source: str) -> None:
+        super().__init__(text)
+        self.source = source
+        self.lines: dict[tuple[str, ...], int] = {}
+        self._paths: dict[int, tuple] = {}  # id(node) → its path of keys and positions
+        self._depth = 0
+
+    def _refuse(self, mark: yaml.Mark, message: str) -> NoReturn:
+        raise SpecError(f"{self.source}:{mark.line + 1}: {message}")
+
+    def get_single_node(self) -> yaml.Node | None:
+        """PyYAML's, with a study-file message for a second document."""
+        self.get_event()  # STREAM-START
+        document = None if self.check_event(yaml.StreamEndEvent) else self.compose_document()
+        if not self.check_event(yaml.StreamEndEvent):
+            self._refuse(self.peek_event().start_mark,
+                         "a second YAML document starts here (after a `---` or `...` line), but a study "
+                         "file is one mapping. Remove the separator, or split the file in two.")
+        self.get_event()  # STREAM-END
+        return document
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            self._refuse(event.start_mark, f"the alias *{event.anchor} is refused: study files may not use "
+                                           "YAML anchors and aliases (&name, *name). Write the value out in full.")
+        if event.anchor is not None:
+            self._refuse(event.start_mark, f"the anchor &{event.anchor} is refused: study files may not use "
+                                           "YAML anchors and aliases (&name, *name). Remove it and write each "
+                                           "value out in full.")
+        tag = getattr(event, "tag", None)
+        if tag not in (None, "!"):
+            shown = tag.replace("tag:yaml.org,2002:", "!!")
+            self._refuse(event.start_mark, f"the tag {shown} is refused: study files hold plain values, typed by "
+                                           "how they are written. Remove the tag (quote a value to keep it as text).")
+        if self._depth >= MAX_DEPTH:
+            self._refuse(event.start_mark, f"mappings and lists are nested more than {MAX_DEPTH} deep here; a "
+                                           "study file needs a few levels. Check the brackets and indentation.")
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """A scalar that YAML's rules turn into a value Python refuses (a date 2024-13-01, an
+        integer of 5,000 digits) is the file's error, not a crash."""
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError) as error:
+            value = str(node.value)
+            shown = repr(value if len(value) <= 40 else value[:40] + "…")
+            reason = str(error).split(";")[0]  # not Python's advice on raising its limits
+            self._refuse(node.start_mark, f"the value {shown} cannot be read ({reason}). Quote it to keep it "
+                                          "as text, or correct it.")
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        path = self._paths.get(id(node), ())
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                self._refuse(key_node.start_mark, "the merge key `<<` is refused: study files may not merge "
+                                                  "mappings. Write the keys out in full.")
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, Hashable):
+                if key in seen:
+                    where = f" under {_show_path(path)}" if path else ""
+                    lines = f"lines {seen[key]} and {line}" if seen[key] != line else f"both on line {line}"
+                    self._refuse(key_node.start_mark, f"key {key!r}{where} is given twice ({lines}); YAML "
+                                                      "would silently keep only the last. Remove one of them.")
+                seen[key] = line
+            self._record(value_node, path + (key,), line)
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> list:
+        path = self._paths.get(id(node), ())
+        for position, item in enumerate(node.value):
+            self._record(item, path + (position,), item.start_mark.line + 1)
+        return super().construct_sequence(node, deep=deep)
+
+    def _record(self, node: yaml.Node, path: tuple, line: int) -> None:
+        self.lines[tuple(str(part) for part in path)] = line
+        self._paths[id(node)] = path
+
+
+def _check_size(size: int, source: str) -> None:
+    if size > MAX_SPEC_BYTES:
+        raise SpecError(f"{source}: a study file may hold at most {MAX_SPEC_BYTES // 1024} KiB, but this one "
+                        f"holds {size:,} bytes. Check the path; a study needs a few KiB.")
+
+
+def _decode(data: bytes, source: str) -> str:
+    """UTF-8 text, or a SpecError naming the line and byte where it is not."""
+    for bom, encoding in ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+                          (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16")):
+        if data.startswith(bom):
+            raise SpecError(f"{source}: a study file must be UTF-8 text, but this one is {encoding} (it starts "
+                            f"with a {encoding} byte-order mark). Save it as UTF-8.")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - data.rfind(b"\n", 0, error.start)
+        raise SpecError(f"{source}:{line}: a study file must be UTF-8 text, but byte 0x{data[error.start]:02x} "
+                        f"(column {column}) is not UTF-8: a binary file, or text saved as Latin-1 or "
+                        "Windows-1252? Save it as UTF-8, or check the path.") from None
+
+
+def _yaml_error(error: yaml.YAMLError, text: str, source: str) -> SpecError:
+    """PyYAML's error as one study-file message with ``source:line``."""
+    if isinstance(error, yaml.reader.ReaderError):
+        line = text.count("\n", 0, error.position) + 1
+        return SpecError(f"{source}:{line}: the character #x{error.character:04x} is not allowed in YAML (a "
+                         "control character: is this a binary file?). Remove it, or check the path.")
+    mark = getattr(error, "problem_mark", None)
+    where = f"{source}:{mark.line + 1}" if mark else source
+    problem = getattr(error, "problem", None) or error
+    if isinstance(error, yaml.constructor.ConstructorError):  # a list as a key, a bare `=`
+        fix = "Write the key as a plain name." if "unhashable" in str(problem) else "Quote it to keep it as text."
+        return SpecError(f"{where}: YAML cannot build this key or value ({problem}). {fix}")
+    hint = "Indent with spaces, not tabs." if "\\t" in str(problem) else "Check indentation and quoting on that line."
+    return SpecError(f"{where}: not valid YAML ({problem}). {hint}")
+
+
+def _load_yaml(text: str, source: str) -> tuple[Any, dict[tuple[str, ...], int]]:
+    """The file's data and the line of every key path, through :class:`_StudyLoader`."""
+    _check_size(len(text.encode("utf-8", "replace")), source)
+    loader = None
+    try:
+        loader = _StudyLoader(text, source)
+        return loader.get_single_data(), loader.lines
+    except yaml.YAMLError as error:
+        raise _yaml_error(error, text, source) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _describe_kind(raw: Any) -> str:
+    """What a document that is not a mapping holds, in words."""
+    if raw is None:
+        return "nothing (it is empty, holds only comments, or holds only null)"
+    if isinstance(raw, list):
+        return f"a list of {len(raw)} item(s)"
+    shown = repr(raw) if len(repr(raw)) <= 40 else repr(raw)[:40] + "…"
+    return f"a single {type(raw).__name__} value, {shown}"
 
 
 def _line_of(index: dict[tuple[str, ...], int], path: tuple) -> int | None:
@@ -371,6 +547,12 @@ def _validate_grid_search(search: Search) -> None:
                        f"which would run points twice; set trials_per_arm: {points}.")
 
 
+def _some(problems: list[str], shown: int = 3) -> str:
+    """The first few problems: a file with thousands of bad keys still gets a one-paragraph message."""
+    more = f"; and {len(problems) - shown} more" if len(problems) > shown else ""
+    return "; ".join(problems[:shown]) + more
+
+
 def _validate(spec: StudySpec, check_models: bool = True) -> None:
     _validate_ablate(spec.ablate)
     if spec.search and spec.search.sampler == "grid":
@@ -393,7 +575,7 @@ def _validate(spec: StudySpec, check_models: bool = True) -> None:
     except ValidationError as error:
         first = error.errors()[0]
         raise _Located(("base", *first["loc"]),
-                       "base: " + "; ".join(describe_validation_error(error, TrialConfig))) from None
+                       "base: " + _some(describe_validation_error(error, TrialConfig))) from None
     for arm in spec.arms:
         try:
             config = spec.resolve(arm, spec.seeds[0])
@@ -412,17 +594,10 @@ def parse_spec(text: str, source: str = "<string>", *, check_models: bool = True
     """Validate study YAML; a SpecError names ``source:line``, the field and the fix.
     ``check_models=False`` skips building each arm's model on the meta device (the torch and
     timm imports take seconds), for a caller that checks them later."""
-    try:
-        raw = yaml.safe_load(text)
-        lines = _line_index(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark else source
-        raise SpecError(f"{where}: not valid YAML ({getattr(error, 'problem', error)}). "
-                        "Check indentation and quoting on that line.") from None
+    raw, lines = _load_yaml(text, source)
     if not isinstance(raw, dict):
         raise SpecError(f"{source}: a study file must be a mapping with at least `study:`, but it holds "
-                        f"{type(raw).__name__}. Start from a file in search_spaces/.")
+                        f"{_describe_kind(raw)}. Start from a file in search_spaces/.")
     try:
         spec = StudySpec.model_validate(raw)
         _validate(spec, check_models)
@@ -437,10 +612,19 @@ def parse_spec(text: str, source: str = "<string>", *, check_models: bool = True
     return spec
 
 
-def load_spec(path: str | Path, *, check_models: bool = True) -> StudySpec:
-    path = Path(path)
+def _read(path: Path) -> bytes:
+    """The file's bytes, refusing one over :data:`MAX_SPEC_BYTES` before reading it all."""
     try:
-        text = path.read_text()
+        with path.open("rb") as file:
+            _check_size(os.fstat(file.fileno()).st_size, str(path))
+            data = file.read(MAX_SPEC_BYTES + 1)  # a pipe or /proc file reports size 0
     except OSError as error:
         raise SpecError(f"Cannot read the study file {path}: {error.strerror}. Check the path.") from None
-    return parse_spec(text, str(path), check_models=check_models)
+    _check_size(len(data), str(path))
+    return data
+
+
+def load_spec(path: str | Path, *, check_models: bool = True) -> StudySpec:
+    """Read and validate a study file; every problem is a SpecError naming the file."""
+    path = Path(path)
+    return parse_spec(_decode(_read(path), str(path)), str(path), check_models=check_models)

@@ -1,4 +1,8 @@
-"""Terminal tables of one trial's result (the report module writes the HTML ones)."""
+"""Terminal tables of one trial's result (the report module writes the HTML ones).
+
+Names (the model, the classes) go in as :class:`rich.text.Text`, so they print as written
+whatever console (markup on or off) the caller passes; the other cells are numbers.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import math
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from mmvit.config import TrialConfig
 from mmvit.data.labels import LABELS_19
@@ -19,8 +24,9 @@ def _fmt(value: float) -> str:
 
 
 def print_trial_result(console: Console, config: TrialConfig, result: TrialResult) -> None:
-    console.print(f"[bold]{config.model.fusion}[/] on {config.data.modalities}, seed {config.seed}: "
-                  f"best epoch {result.best_epoch} of {result.epochs_run} (by validation {config.train.metric})")
+    console.print(Text.assemble((config.model.fusion, "bold"), f" on {config.data.modalities}, seed {config.seed}: "
+                                f"best epoch {result.best_epoch} of {result.epochs_run} (by validation "
+                                f"{config.train.metric})"))
     aggregate = Table("split", *(name for name, _ in AGGREGATE), title="Aggregate (threshold "
                       f"{config.train.threshold} for F2 and HL)")
     for split, metrics in (("validation", result.validation), ("test", result.test)):
@@ -29,8 +35,9 @@ def print_trial_result(console: Console, config: TrialConfig, result: TrialResul
     classwise = Table("class", "train patches", "val AP", "test AP", title="Class-wise AP")
     for index, name in enumerate(LABELS_19):
         count = result.class_counts[index] if result.class_counts else 0
-        classwise.add_row(name, str(count), _fmt(result.validation["ap_per_class"][index]),
+        classwise.add_row(Text(name), str(count), _fmt(result.validation["ap_per_class"][index]),
                           _fmt(result.test["ap_per_class"][index]))
     console.print(classwise)
     console.print(f"parameters {result.parameters:,} · {result.samples_per_s:,.0f} samples/s (train) · "
-                  f"peak memory {result.peak_memory_mb:,.0f} MiB · {result.wall_s:,.0f} s on {result.device}")
+                  f"peak memory {result.peak_memory_mb:,.0f} MiB · {result.wall_s:,.0f} s on {result.device}",
+                  markup=False)
