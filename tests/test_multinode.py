@@ -6,12 +6,14 @@ study, its checkpoints, Ray's results and the report are complete."""
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
@@ -73,8 +75,16 @@ def _stop(node: subprocess.Popen) -> None:
 
 
 @pytest.fixture
-def two_node_cluster(tmp_path) -> Iterator[tuple[str, dict]]:
+def two_node_cluster(cluster_nodes) -> tuple[str, dict]:
     """(HOST:PORT of the head, the environment of a user holding the cluster's token)."""
+    address, env, _ = cluster_nodes
+    return address, env
+
+
+@pytest.fixture
+def cluster_nodes(tmp_path) -> Iterator[tuple[str, dict, list[subprocess.Popen]]]:
+    """The two-node cluster and its `ray start --block` processes ([head, worker]): a test stops a
+    node by killing its process tree (`ray stop` would stop both nodes of this machine)."""
     home = tmp_path / "home"
     (home / ".ray").mkdir(parents=True)
     (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))  # what the admin gave the user
@@ -90,7 +100,7 @@ def two_node_cluster(tmp_path) -> Iterator[tuple[str, dict]]:
         _wait_started(head)
         nodes.append(_ray_start(["--address", f"127.0.0.1:{port}"], node_env))
         _wait_started(nodes[-1])
-        yield f"127.0.0.1:{port}", user_env
+        yield f"127.0.0.1:{port}", user_env, nodes
     finally:
         for node in reversed(nodes):
             _stop(node)
@@ -129,3 +139,109 @@ def test_a_study_runs_across_two_ray_nodes_with_shared_checkpoints(two_node_clus
     page = (tmp_path / "reports" / NAME / "index.html").read_text()
     for fusion in ("early", "sct", "modality_token", "channel_token"):
         assert f"model.fusion={fusion}" in page, fusion
+
+
+LOSS_NAME = "node-loss"
+LOSS_EPOCHS = 40
+LOSS_SPEC = f"""\
+study: {LOSS_NAME}
+ablate:
+  model.fusion: [early, sct]
+seeds: [0]
+base:
+  model: {{patch_size: 30, depth: 1, embed_dim: 32, num_heads: 2}}
+  train: {{epochs: {LOSS_EPOCHS}, batch_size: 32}}
+  data: {{num_workers: 0}}
+resources: {{cpu: 1, gpu: 1}}
+"""
+
+
+def _node_id(node: subprocess.Popen) -> str:
+    """The Ray node id of a `ray start` process: its raylet's ``--node_id=`` argument."""
+    for pid in descendants(node.pid):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        except OSError:
+            continue
+        for arg in argv:
+            if arg.startswith("--node_id="):
+                return arg.split("=", 1)[1]
+    pytest.fail(f"no raylet below ray start (pid {node.pid})")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_trial_on_a_lost_node_is_retried_on_the_other_from_its_checkpoint(cluster_nodes, tmp_path, demo_root):
+    """Issue 15, item 5: the worker node goes away (its whole process tree killed, as a machine that
+    loses power) while it runs a trial that has checkpointed an epoch. Ray retries the trial on the
+    head; the retry takes its own lost attempt's point over, resumes from the last checkpoint on
+    --storage-path, and the run ends with every point COMPLETE exactly once."""
+    address, env, (head, worker) = cluster_nodes
+    head_id, worker_id = _node_id(head), _node_id(worker)
+    (tmp_path / "study.yaml").write_text(LOSS_SPEC)
+    shared, log = tmp_path / "shared", tmp_path / "run.log"
+    with log.open("w") as out:
+        run = subprocess.Popen([CLI, "run", str(tmp_path / "study.yaml"), "--address", address, "--storage-path",
+                                str(shared), "--data", str(demo_root), "--profile", "full", "--studies-dir",
+                                str(tmp_path / "studies"), "--reports-dir", str(tmp_path / "reports")],
+                               stdout=out, stderr=subprocess.STDOUT, text=True, cwd=tmp_path, env=env)
+    url = storage_url(LOSS_NAME, tmp_path / "studies")
+    try:
+        study, lost, deadline = None, None, time.time() + 300
+        while lost is None:  # the worker's trial, once an epoch is checkpointed, with epochs to go
+            assert run.poll() is None and time.time() < deadline, log.read_text()
+            try:
+                study = study or optuna.load_study(study_name=LOSS_NAME, storage=open_storage(url))
+            except KeyError:  # the driver has not created it yet
+                time.sleep(0.3)
+                continue
+            lost = next((t for t in study.get_trials(states=(TrialState.RUNNING,))
+                         if t.user_attrs.get("node") == worker_id
+                         and 1 <= len(t.user_attrs.get("history", [])) <= LOSS_EPOCHS - 10), None)
+            time.sleep(0.05)
+        _stop(worker)  # the node goes away: raylet, workers and all
+        stopped = datetime.now()
+        code = run.wait(timeout=420)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    output = log.read_text()
+    assert code == 0, output
+    assert "2 trial(s) planned: 0 already done, 2 run now, 0 failed" in output, output
+    assert "Interrupted" not in output, output
+
+    trials = optuna.load_study(study_name=LOSS_NAME, storage=open_storage(url)).get_trials()
+    point = (lost.user_attrs["arm"], lost.user_attrs["seed"])
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted((t.user_attrs["arm"], t.user_attrs["seed"]) for t in complete) == [
+        ("model.fusion=early", 0), ("model.fusion=sct", 0)], "every point COMPLETE exactly once"
+    dead = next(t for t in trials if t._trial_id == lost._trial_id)
+    assert dead.state == TrialState.FAIL and dead.user_attrs["error"].startswith("interrupted"), dead.user_attrs
+    assert dead.user_attrs["ray_trial"] == lost.user_attrs["ray_trial"]
+    recorded = len(dead.user_attrs["history"])  # epochs the lost attempt finished (and checkpointed)
+    assert len(trials) == 3, "the lost attempt and two COMPLETE trials, nothing else"
+    retry = next(t for t in complete if (t.user_attrs["arm"], t.user_attrs["seed"]) == point)
+    assert retry.user_attrs["driver"] == dead.user_attrs["driver"] and \
+        retry.user_attrs["ray_trial"] == dead.user_attrs["ray_trial"], "Ray retried the same trial"
+    assert retry.user_attrs["node"] == head_id, "retried on the surviving node"
+    resumed = retry.user_attrs.get("resumed_from_epoch", 0)
+    assert resumed >= max(1, recorded), f"resumed from the last checkpoint, not epoch {resumed}"
+    assert len(retry.user_attrs["history"]) == LOSS_EPOCHS
+    folder = shared / LOSS_NAME / "checkpoints" / "final" / retry.user_attrs["config_key"]
+    assert (folder / "last.pt").is_file() and (folder / "best.pt").is_file(), folder
+
+    other = next(t for t in complete if t is not retry)
+    epoch_s = sum(e["seconds"] for e in retry.user_attrs["history"]) / LOSS_EPOCHS
+    stall = (retry.datetime_start - stopped).total_seconds()
+    noticed = [datetime.strptime(when, "%Y-%m-%d_%H-%M-%S")  # Tune's error file, to the second
+               for error in (shared / LOSS_NAME / "ray").glob("*/*/error.txt")
+               for when in re.findall(r"occurred at (\S+)\)", error.read_text())]
+    print(f"\nnode loss: the worker's trial {point} was stopped after {recorded} epoch(s) recorded "
+          f"(of {LOSS_EPOCHS}, ~{epoch_s:.2f} s of training each); Ray noticed the loss "
+          f"{', '.join(f'{(n - stopped).total_seconds():+.0f} s' for n in noticed)} (to the second) after the "
+          f"stop; the retry started on the head "
+          f"{stall:.1f} s later (the head's own trial finished "
+          f"{(other.datetime_complete - stopped).total_seconds():.1f} s after the stop), resumed from epoch "
+          f"{resumed}: {max(0, recorded - resumed)} recorded epoch(s) redone, plus the one in progress; "
+          f"lost attempt: {dead.user_attrs['error']!r}")

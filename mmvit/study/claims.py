@@ -24,6 +24,8 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from mmvit.study.resilient_storage import running_without_heartbeat
+
 log = logging.getLogger(__name__)
 
 INTERRUPTED = "interrupted"  # error prefix of trials that did not fail on their own: they run again
@@ -86,27 +88,12 @@ class Heartbeats:
         self._thread.join(timeout=HEARTBEAT_S + 5)
 
 
-def _without_heartbeat(storage: optuna.storages.RDBStorage, study_id: int) -> set[int]:
-    """RUNNING trials that never recorded a heartbeat (killed within a moment of their creation,
-    or written by a version without heartbeats)."""
-    from optuna.storages._rdb import models  # Optuna keeps heartbeats in their own table
-
-    session = getattr(storage, "_backend", storage).scoped_session()  # a study wraps it in a cache
-    try:
-        rows = (session.query(models.TrialModel.trial_id)
-                .filter(models.TrialModel.study_id == study_id, models.TrialModel.state == TrialState.RUNNING)
-                .filter(~models.TrialModel.heartbeats.any()).all())
-        return {row[0] for row in rows}
-    finally:
-        session.close()
-
-
 def stale_trials(study: optuna.Study) -> list[FrozenTrial]:
     """RUNNING trials whose driver is gone: heartbeat older than the grace period, or none at
     all for longer than the grace period."""
     storage = study._storage
     stale = set(storage._get_stale_trial_ids(study._study_id))
-    silent = _without_heartbeat(storage, study._study_id)
+    silent = running_without_heartbeat(storage, study._study_id)
     oldest = datetime.now() - timedelta(seconds=GRACE_S)
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     return [t for t in running if t._trial_id in stale

@@ -32,6 +32,7 @@ from mmvit.study.arms import Arm, comparisons
 from mmvit.study.cluster import use_cluster_token
 from mmvit.study.claims import (HEARTBEAT_S, Heartbeats, fail_stale, live_running, new_driver_id, release_own,
                                  was_interrupted)
+from mmvit.study.resilient_storage import raise_if_storage_lost
 from mmvit.study.shared_path import join, resolve_root
 from mmvit.study.search import best_params, prepare_arm_search, search_study_name
 from mmvit.study.spec import StudySpec, load_spec
@@ -212,7 +213,7 @@ def ray_session(address: str | None, verbose: bool) -> Iterator[None]:
         settings = {key: value for key, value in os.environ.items() if key.startswith("MMVIT_")}
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
-                     logging_level=logging.INFO if verbose else logging.ERROR,
+                     logging_level=logging.INFO if verbose else logging.CRITICAL,
                      object_store_memory=100 * 2**20 if address == "local" else None,
                      runtime_env={"env_vars": settings} if settings and address != "local" else None)
         except (ConnectionError, RuntimeError) as error:
@@ -289,7 +290,14 @@ def warn_unshared(storage_path: str | None) -> None:
                     "--storage-path with a folder every node mounts (or an s3:// / gs:// URI).", len(nodes))
 
 
-def _tuner(job: StudyJob, phase: str, verbose: bool, **tune_kwargs):
+LOST_WORKER_RETRIES = 3
+"""How often Ray starts a final trial again after its worker was lost (its node went away, the
+process was killed): the retry, on any live node, takes its lost attempt's point over and resumes
+from the last epoch checkpoint (trial.take_over_lost_attempt). A trial whose training raised is
+retried too, but stands down at once: its failure stands."""
+
+
+def _tuner(job: StudyJob, phase: str, verbose: bool, max_failures: int = 0, **tune_kwargs):
     from ray import tune
 
     spec = job.spec
@@ -300,6 +308,7 @@ def _tuner(job: StudyJob, phase: str, verbose: bool, **tune_kwargs):
         tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True, **tune_kwargs),
         run_config=tune.RunConfig(name=f"{spec.study}-{phase}-{int(time.time())}",
                                   storage_path=job.ray_results,
+                                  failure_config=tune.FailureConfig(max_failures=max_failures),
                                   verbose=1 if verbose else 0),
     )
 
@@ -338,8 +347,9 @@ def run_search(job: StudyJob, retry_failed: bool, verbose: bool, stop: StopReque
                        search_alg=ArmSearch(job, budgets, stored, heartbeats, per_arm))
         if stop.requested:  # a Ctrl-C while the arms were prepared: no fit was running to hear it
             return 0, 0
-        tuner.fit()
+        grid = tuner.fit()
     released = sum(release_own(study, job.driver) for study in studies.values())
+    raise_if_storage_lost(grid)
     return sum(finished_by(study, job.driver) for study in studies.values()), released
 
 
@@ -436,12 +446,14 @@ def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str |
                 points = [{"arm": i, "seed": seed, "params": params.get(i), "search": None} for i, seed in todo]
                 from ray import tune
 
-                tuner = _tuner(job, "final", verbose, param_space={"point": tune.grid_search(points)})
+                tuner = _tuner(job, "final", verbose, max_failures=LOST_WORKER_RETRIES,
+                               param_space={"point": tune.grid_search(points)})
                 if stop.requested:  # a Ctrl-C since the last check: no fit was running to hear it
                     break
                 grid = tuner.fit()
                 unrecorded.update(failed_before_storage(grid, job, study))
                 released = release_own(study, job.driver)
+                raise_if_storage_lost(grid)
                 if released:
                     break
             elif elsewhere or busy:

@@ -61,12 +61,20 @@ warnings.filterwarnings("ignore", message="Argument ``(heartbeat_interval|grace_
 
 
 def _connect(url: str) -> optuna.storages.RDBStorage:
+    """A :class:`~mmvit.study.resilient_storage.ResilientStorage`: once open, its calls wait out a
+    database server that goes away for a while (``$MMVIT_STORAGE_RETRY_S``). Opening it does not
+    wait: a wrong URL, password or server is reported at once."""
     from mmvit.study.claims import GRACE_S, HEARTBEAT_S
+    from mmvit.study.resilient_storage import ResilientStorage
 
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        engine: dict[str, Any] = {"connect_args": {"timeout": 60}}
+    else:
+        engine = {"pool_pre_ping": True}  # a connection the server dropped is replaced, not used
+        if url.startswith("postgresql") and "connect_timeout" not in url:
+            engine["connect_args"] = {"connect_timeout": 10}  # an unanswered connect must not outlast the retry budget
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
-                                          grace_period=GRACE_S)
+        return ResilientStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
     except Exception as error:  # SQLAlchemy and drivers raise many unrelated types
         raise StudyError(f"Cannot open the study storage {redact(url)} ({type(error).__name__}: "
                          f"{str(error).splitlines()[0]}). Check the URL, the server and the driver "

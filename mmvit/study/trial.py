@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from optuna.trial import TrialState
 
 from mmvit.config import TrialConfig
 from mmvit.study.arms import Arm, ablated_keys
-from mmvit.study.claims import HEARTBEAT_S, Heartbeats, claim
+from mmvit.study.claims import HEARTBEAT_S, Heartbeats, claim, interrupt, stale_trials, was_interrupted
 from mmvit.study.shared_path import join, trial_checkpoints
 from mmvit.study.spec import StudySpec
 from mmvit.study.storage import open_storage
@@ -176,10 +177,35 @@ def freeze_imports() -> None:
 _IMPORTS_FROZEN = False
 
 
+def take_over_lost_attempt(study: optuna.Study, attrs: dict) -> bool:
+    """Ray runs a final trial again when its worker was lost (its node went away, the process was
+    killed; runner.LOST_WORKER_RETRIES): this driver's earlier attempt of the same Ray trial is
+    still RUNNING in storage. Wait until its heartbeat is stale — nothing of it runs any more, so
+    two attempts never write one checkpoint folder — and mark it interrupted, so that the claim
+    takes the point over and training resumes from the attempt's last checkpoint. False when an
+    earlier attempt failed for real (its training raised): that failure stands (``--retry-failed``
+    runs it again), and the retry stands down."""
+    while True:
+        earlier = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.FAIL))
+                   if t.user_attrs.get("driver") == attrs["driver"]
+                   and t.user_attrs.get("ray_trial") == attrs["ray_trial"]]
+        if any(t.state == TrialState.FAIL and not was_interrupted(t) for t in earlier):
+            return False
+        running = {t._trial_id for t in earlier if t.state == TrialState.RUNNING}
+        if not running:
+            return True
+        stale = running & {t._trial_id for t in stale_trials(study)}
+        for trial_id in stale:
+            interrupt(study._storage, trial_id, "its worker was lost; Ray ran the trial again")
+        if not stale:
+            time.sleep(1)
+
+
 def run_trial(config: dict[str, Any], job: StudyJob) -> None:
     """Ray Tune function trainable. ``config["point"]``: ``arm`` (index), ``seed``, ``params`` (searched
     values or None), ``search`` ([study name, Optuna trial id] for a search trial, else None)."""
     import torch
+    from ray import tune
 
     import mmvit.train.loop  # noqa: F401  (imported before the freeze)
     from mmvit.data.loader import available_cpus
@@ -193,6 +219,7 @@ def run_trial(config: dict[str, Any], job: StudyJob) -> None:
     storage = open_storage(job.url)
     arm = job.arms[arm_index]
     attrs = {**placement(), "arm": arm.name, "arm_index": arm_index, "seed": seed, "driver": job.driver,
+             "ray_trial": tune.get_context().get_trial_id(),
              "heartbeat_s": HEARTBEAT_S, "resources": dict(job.resources),
              "phase": "search" if point.get("search") else "final",
              "config": config.model_dump(mode="json"), "config_key": config_key(config)}
@@ -206,6 +233,8 @@ def run_trial(config: dict[str, Any], job: StudyJob) -> None:
             storage.set_trial_user_attr(trial_id, key, value)
     else:
         study = optuna.load_study(study_name=job.spec.study, storage=storage)
+        if not take_over_lost_attempt(study, attrs):  # Ray retried a trial whose training failed
+            return
         trial_id = claim(study, attrs)
         if trial_id is None:  # COMPLETE, or another driver's live trial runs it
             return
