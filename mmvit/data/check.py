@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmvit.data.archive import Archive, PatchRef, Presence, V1Archive
+from mmvit.data.archive import Archive, PatchRef, Presence, V1Archive, folder_entries
 from mmvit.data.bands import S1_BANDS, S2_BANDS
 from mmvit.data.patch_reader import PatchReader
 from mmvit.data.splits import SPLITS
@@ -87,5 +86,5 @@ def check_archive(archive: Archive, *, deep: bool = False, threads: int = 8,
             reports.append(report)
     on_disk = None
     if isinstance(archive, V1Archive):
-        on_disk = sum(1 for entry in os.scandir(archive.s2_base) if entry.is_dir())
+        on_disk = len(folder_entries(archive.s2_base))  # the listing the split scan already made
     return ArchiveReport(archive.root, archive.layout, archive.split_source, reports, on_disk)

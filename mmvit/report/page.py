@@ -81,14 +81,18 @@ def e(value: object) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
+def _partial_counts(presence: dict[str, list[int]]) -> str:
+    """"train 4 of 269,695, validation 0 of 123,723, …" — what a partial archive held."""
+    return ", ".join(f"{split} {present:,} of {listed:,}" for split, (present, listed) in presence.items())
+
+
 def _presence_text(presence: dict[str, list[int]] | None) -> str:
-    """" — train 4 of 269,695, … official patches present" (or "complete: …") for the header."""
+    """" — partial: train 4 of 269,695, … official patches present" (or "complete: …") for the header."""
     if not presence:
         return ""
-    parts = [f"{split} {present:,} of {listed:,}" for split, (present, listed) in presence.items()]
     if all(present == listed for present, listed in presence.values()):
         return f" — complete: {', '.join(f'{split} {listed:,}' for split, (_, listed) in presence.items())} patches"
-    return f" — partial: {', '.join(parts)} official patches present"
+    return f" — partial: {_partial_counts(presence)} official patches present"
 
 
 def _when(moment: datetime | None) -> str:
@@ -126,7 +130,7 @@ def header_html(record: StudyRecord, view: Overview) -> str:
     presence = record.archive_presence or {}
     if any(present < listed for present, listed in presence.values()):
         out.append(f'<div class="banner warn" id="partial-archive">The archive held part of BigEarthNet'
-                   f"{e(_presence_text(presence).split(':', 1)[1])}: every trial trained and was measured on "
+                   f" ({e(_partial_counts(presence))} official patches present): every trial trained and was measured on "
                    "those patches only, so these figures are not comparable with the full benchmark.</div>")
     if record.baseline_assumed and record.baseline is not None:
         out.append(f'<div class="banner warn" id="baseline-note">No arm equals the study&#x27;s <code>base</code>; '
