@@ -48,6 +48,21 @@ def _trials(storage) -> list:
         return []
 
 
+def _one_driver_outlasted_the_other(complete: list, margin_s: float = 20.0) -> bool:
+    """Whether the stored timeline forces one driver to wait: the other's last trial was already
+    running when its own last trial ended and went on for `margin_s` more (far longer than a Tune
+    run takes to return and look again). When both drivers finish within moments of each other,
+    neither has anything to wait for, and that is a correct run too."""
+    last = {}
+    for trial in complete:
+        driver = trial.user_attrs["driver"]
+        if driver not in last or trial.datetime_complete > last[driver].datetime_complete:
+            last[driver] = trial
+    early, late = sorted(last.values(), key=lambda t: t.datetime_complete)
+    return (late.datetime_start < early.datetime_complete
+            and (late.datetime_complete - early.datetime_complete).total_seconds() > margin_s)
+
+
 @pytest.mark.timeout(400)
 # PostgreSQL end to end is slow-marked (the default suite's budget); tests/test_claims.py runs the
 # claim and heartbeat rules on both backends by default.
@@ -78,7 +93,8 @@ def test_two_drivers_on_one_study_run_every_point_once(backend, request, tmp_pat
         assert trial.state != TrialState.RUNNING
     assert not any("its driver stopped" in str(t.user_attrs.get("error")) for t in trials), \
         "no driver took the other's live trials for a dead driver's"
-    assert "waiting for them" in outputs[0] + outputs[1], "the driver that ran out of work waited for the other"
+    if _one_driver_outlasted_the_other(complete):
+        assert "waiting for them" in outputs[0] + outputs[1], "the driver that ran out of work waited for the other"
     for output in outputs:  # each summary accounts for every point: before it, by it, by the other
         counts = re.search(r"planned: (\d+) already done, (\d+) run now, (\d+) by another driver", output)
         assert counts and sum(map(int, counts.groups())) == POINTS, output
