@@ -103,6 +103,35 @@ def test_early_fusion_is_timms_vision_transformer():
     torch.testing.assert_close(ours(x), expected)
 
 
+def test_early_fusion_gradients_equal_those_through_the_concatenated_channels():
+    """The patch projection runs per input with its filter slice (no concatenated copy): the
+    filters, bias and every later parameter get the gradients of the concatenated projection."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    ours = small("early").train()
+    timm_vit = VisionTransformer(img_size=120, patch_size=40, in_chans=12, num_classes=19, embed_dim=32,
+                                 depth=2, num_heads=4, no_embed_class=True, drop_path_rate=0.0).train()
+    timm_vit.load_state_dict({key.replace("tokens.parts.0.", "").replace("tokens.", ""): value
+                              for key, value in ours.state_dict().items()})
+    for module in ours.modules():  # no stochastic depth: the two sides must draw nothing
+        if hasattr(module, "drop_prob"):
+            module.drop_prob = 0.0
+    x = batch({"s2": 10, "s1": 2})
+    ours(x).square().sum().backward()
+    timm_vit(torch.cat([x["s2"], x["s1"]], dim=1)).square().sum().backward()
+    ours_grads = {key.replace("tokens.parts.0.", "").replace("tokens.", ""): p.grad
+                  for key, p in ours.named_parameters()}
+    for key, p in timm_vit.named_parameters():
+        torch.testing.assert_close(ours_grads[key], p.grad, rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_early_fusion_refuses_an_image_of_another_size():
+    model = small("early")
+    x = {"s2": torch.randn(2, 10, 80, 80), "s1": torch.randn(2, 2, 80, 80)}
+    with pytest.raises(ValueError, match=r"input size \(80, 80\) does not match the model's \(120, 120\)"):
+        model(x)
+
+
 @pytest.mark.parametrize("name", ["cross_attention", "sct"])
 def test_dual_encoders_are_two_single_modality_vits(name):
     """Each encoder has a single-modality ViT's parameters (less its head): about 2× in all."""

@@ -7,7 +7,8 @@ while one ``index_select`` of a batch from the memory map runs at memory speed, 
 the augmentation of a 1024-patch batch in well under a millisecond. So a batch is gathered in
 one call (S2 as uint16 and S1 as stored, into pinned memory on GPUs), copied to the device
 without blocking while the previous batch trains (a background thread stays one batch ahead),
-and normalised, flipped, cropped and dropped there (:mod:`mmvit.data.batch_augment`).
+and normalised, flipped, cropped and dropped there (:mod:`mmvit.data.batch_augment`). On a CPU
+the batch is gathered in line: the cores that would run the thread are the ones training.
 
 Reproducible: a batch's order and augmentation draws come from one CPU generator seeded per
 epoch, so arms that share a seed see the same batches, and a resumed epoch repeats them.
@@ -138,9 +139,14 @@ class BatchLoader:
     def __init__(self, split: SplitArrays, *, batch_size: int, device: torch.device,
                  normalisation: dict[str, tuple[torch.Tensor, torch.Tensor]],
                  augment: AugmentOptions | None = None, shuffle: bool = False,
-                 prefetch: bool = True) -> None:
+                 prefetch: bool | None = None) -> None:
         self.split, self.batch_size, self.device = split, batch_size, device
-        self.augment, self.shuffle, self.prefetch = augment, shuffle, prefetch
+        self.augment, self.shuffle = augment, shuffle
+        # A background thread pays off where the host would otherwise wait for the device. On a
+        # CPU the same cores train the model, and a third busy thread beside torch's own took
+        # 15-20 % off a small trial's samples/s on 2 cores (benchmarks/train.py); the gather it
+        # would hide is a few per cent of a step there.
+        self.prefetch = device.type == "cuda" if prefetch is None else prefetch
         self.keys = [key for key in INPUT_KEYS if key in split.images]
         self.normalisation = {}
         for key in self.keys:  # one (shift, scale) per channel: the CPU kernels index them by channel
