@@ -12,6 +12,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from mmvit.study import optuna_adapter
 from mmvit.study import claims
 from mmvit.study.trial import take_over_lost_attempt
 
@@ -37,31 +38,31 @@ def test_a_first_attempt_and_other_trials_do_not_wait(study):
     started = time.time()
     assert take_over_lost_attempt(study, attrs(arm="c")) is True
     assert time.time() - started < 1, "no earlier attempt of this Ray trial: nothing to wait for"
-    assert {study._storage.get_trial(i).state for i in others} == {TrialState.RUNNING}, "left alone"
+    assert {optuna_adapter.study_storage(study).get_trial(i).state for i in others} == {TrialState.RUNNING}, "left alone"
 
 
 def test_a_retry_waits_for_the_lost_attempts_heartbeat_to_stop_then_takes_its_point_over(study):
     lost = claims.claim(study, attrs())
     outcome = []
-    with claims.Heartbeats(study._storage, (lost,)):  # the earlier attempt still beats (not gone yet)
+    with claims.Heartbeats(optuna_adapter.study_storage(study), (lost,)):  # the earlier attempt still beats (not gone yet)
         retry = threading.Thread(target=lambda: outcome.append(take_over_lost_attempt(study, attrs())))
         retry.start()
         time.sleep(GRACE + 1)
-        assert retry.is_alive() and study._storage.get_trial(lost).state == TrialState.RUNNING, \
+        assert retry.is_alive() and optuna_adapter.study_storage(study).get_trial(lost).state == TrialState.RUNNING, \
             "an attempt that still beats is never taken over"
     stopped = time.time()
     retry.join(timeout=GRACE + 10)
     assert outcome == [True]
     assert time.time() - stopped >= GRACE - 1, "taken over once its heartbeat was stale"
-    trial = study._storage.get_trial(lost)
+    trial = optuna_adapter.study_storage(study).get_trial(lost)
     assert trial.state == TrialState.FAIL and trial.user_attrs["error"].startswith(claims.INTERRUPTED)
     assert claims.claim(study, attrs()) is not None, "the retry claims the point"
 
 
 def test_a_retry_after_a_real_failure_stands_down(study):
     failed = claims.claim(study, attrs())
-    study._storage.set_trial_user_attr(failed, "error", "RuntimeError: boom")
-    study._storage.set_trial_state_values(failed, TrialState.FAIL)
+    optuna_adapter.study_storage(study).set_trial_user_attr(failed, "error", "RuntimeError: boom")
+    optuna_adapter.study_storage(study).set_trial_state_values(failed, TrialState.FAIL)
     assert take_over_lost_attempt(study, attrs()) is False
     assert len(study.get_trials()) == 1, "the failure stands; nothing runs the point again"
 

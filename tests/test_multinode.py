@@ -21,6 +21,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from mmvit.study import optuna_adapter
 from mmvit.study.storage import open_storage, storage_url
 from tests.study_process import descendants
 
@@ -216,7 +217,7 @@ def test_a_trial_on_a_lost_node_is_retried_on_the_other_from_its_checkpoint(clus
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert sorted((t.user_attrs["arm"], t.user_attrs["seed"]) for t in complete) == [
         ("model.fusion=early", 0), ("model.fusion=sct", 0)], "every point COMPLETE exactly once"
-    dead = next(t for t in trials if t._trial_id == lost._trial_id)
+    dead = next(t for t in trials if optuna_adapter.trial_id(t) == optuna_adapter.trial_id(lost))
     assert dead.state == TrialState.FAIL and dead.user_attrs["error"].startswith("interrupted"), dead.user_attrs
     assert dead.user_attrs["ray_trial"] == lost.user_attrs["ray_trial"]
     recorded = len(dead.user_attrs["history"])  # epochs the lost attempt finished (and checkpointed)

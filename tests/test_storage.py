@@ -5,6 +5,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
+from mmvit.study import optuna_adapter
 from mmvit.errors import StudyError
 from mmvit.study.spec import parse_spec
 from mmvit.study.storage import ensure_study, open_storage, redact, spec_changes, storage_url
@@ -44,7 +45,7 @@ def test_new_study_records_its_identity(tmp_path):
     assert attrs["spec"]["ablate"]["model.depth"] == [2, 4] and len(attrs["spec_hash"]) == 16
     assert attrs["environment"]["versions"]["optuna"] == optuna.__version__
     again, additions = _open(tmp_path)
-    assert additions == [] and again._study_id == study._study_id
+    assert additions == [] and optuna_adapter.study_id(again) == optuna_adapter.study_id(study)
 
 
 @pytest.mark.parametrize("edit, named", [

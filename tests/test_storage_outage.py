@@ -26,6 +26,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from mmvit.study import optuna_adapter
 from mmvit.errors import StudyError
 from mmvit.study import resilient_storage
 from mmvit.study.resilient_storage import (CREATION_KEY, NOT_RETRIED, RETRIED, RETRY_ENV, ResilientStorage,
@@ -107,7 +108,7 @@ def test_every_storage_method_of_optuna_is_retried_or_needs_no_database():
 
 def test_a_state_change_committed_before_the_connection_dropped_is_not_an_error(storage, monkeypatch):
     study = optuna.create_study(storage=storage, study_name="committed")
-    trial_id = storage.create_new_trial(study._study_id)
+    trial_id = storage.create_new_trial(optuna_adapter.study_id(study))
     calls = _after_commit_the_connection_drops(monkeypatch, "set_trial_state_values")
     assert storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [0.5]) is True
     assert len(calls) == 1, "the retry found the commit and wrote nothing"
@@ -127,9 +128,9 @@ def test_a_trial_created_before_the_connection_dropped_is_not_created_twice(stor
         trial_id = claim(study, {"arm": "a", "seed": 0, "driver": "d"})
         assert trial_id is not None, "the claim was not refused by its own duplicate"
     else:  # Ray's OptunaSearch asks its search trials
-        trial_id = study.ask()._trial_id
-    trials = storage.get_all_trials(study._study_id)
-    assert [t._trial_id for t in trials] == [trial_id]
+        trial_id = optuna_adapter.trial_id(study.ask())
+    trials = storage.get_all_trials(optuna_adapter.study_id(study))
+    assert [optuna_adapter.trial_id(t) for t in trials] == [trial_id]
     assert trials[0].state == TrialState.RUNNING and CREATION_KEY in trials[0].system_attrs
 
 
@@ -148,21 +149,21 @@ def test_a_second_copy_from_optunas_own_retry_is_marked_interrupted(storage, mon
     monkeypatch.setattr(RDBStorage, "_create_new_trial", committed_twice)
     trial_id = claim(study, {"arm": "a", "seed": 0, "driver": "d"})
     assert trial_id is not None, "the claim was not refused by the copy"
-    copy, kept = storage.get_all_trials(study._study_id)
-    assert kept._trial_id == trial_id and kept.state == TrialState.RUNNING
+    copy, kept = storage.get_all_trials(optuna_adapter.study_id(study))
+    assert optuna_adapter.trial_id(kept) == trial_id and kept.state == TrialState.RUNNING
     assert was_interrupted(copy) and "second copy" in copy.user_attrs["error"], copy
 
 
 def test_a_study_created_before_the_connection_dropped_is_found(storage, monkeypatch):
     _after_commit_the_connection_drops(monkeypatch, "create_new_study")
     study = optuna.create_study(storage=storage, study_name="made once")
-    assert [s.study_name for s in storage.get_all_studies()] == ["made once"] and study._study_id >= 0
+    assert [s.study_name for s in storage.get_all_studies()] == ["made once"] and optuna_adapter.study_id(study) >= 0
 
 
 def test_a_server_that_stays_away_ends_the_call_after_the_budget_and_later_calls_at_once(storage, monkeypatch,
                                                                                         caplog):
     study = optuna.create_study(storage=storage, study_name="gone")
-    trial_id = storage.create_new_trial(study._study_id)
+    trial_id = storage.create_new_trial(optuna_adapter.study_id(study))
     original = RDBStorage.get_trial
 
     def unreachable(self, *args, **kwargs):
@@ -195,7 +196,7 @@ def test_a_server_that_stays_away_ends_the_call_after_the_budget_and_later_calls
 
 def test_integrity_and_state_errors_are_never_retried(storage, monkeypatch):
     study = optuna.create_study(storage=storage, study_name="wrong")
-    trial_id = storage.create_new_trial(study._study_id)
+    trial_id = storage.create_new_trial(optuna_adapter.study_id(study))
     storage.set_trial_state_values(trial_id, TrialState.FAIL)
     monkeypatch.setenv(RETRY_ENV, "30")
     started = time.monotonic()
@@ -230,7 +231,7 @@ def test_a_driver_whose_trial_gave_up_on_the_storage_stops_with_its_message():
 
 def _study_and_trial(storage) -> tuple[optuna.Study, int]:
     study = optuna.create_study(storage=storage, study_name=f"outage-{uuid.uuid4().hex[:8]}")
-    return study, storage.create_new_trial(study._study_id)
+    return study, storage.create_new_trial(optuna_adapter.study_id(study))
 
 
 def test_a_call_during_a_server_outage_waits_for_the_server_and_says_so(postgres_server, caplog):

@@ -22,6 +22,7 @@ from sqlalchemy.exc import ArgumentError
 
 from mmvit.errors import StudyError
 from mmvit.study.claims import INTERRUPTED  # noqa: F401  (the report's readers take it from here)
+from mmvit.study import optuna_adapter
 from mmvit.study.storage import open_storage, redact
 
 if TYPE_CHECKING:
@@ -293,7 +294,7 @@ def _lite(trial: FrozenTrial) -> FrozenTrial:
         number=trial.number, state=trial.state, value=None, values=trial.values,
         datetime_start=trial.datetime_start, datetime_complete=trial.datetime_complete,
         params=trial.params, distributions=trial.distributions, user_attrs={}, system_attrs={},
-        intermediate_values=trial.intermediate_values, trial_id=trial._trial_id)
+        intermediate_values=trial.intermediate_values, trial_id=optuna_adapter.trial_id(trial))
 
 
 def _search(storage, names: list[str], existing: set[str], direction: str, now: datetime,

@@ -24,6 +24,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from mmvit.study import optuna_adapter
 from mmvit.study.resilient_storage import running_without_heartbeat
 
 log = logging.getLogger(__name__)
@@ -91,13 +92,13 @@ class Heartbeats:
 def stale_trials(study: optuna.Study) -> list[FrozenTrial]:
     """RUNNING trials whose driver is gone: heartbeat older than the grace period, or none at
     all for longer than the grace period."""
-    storage = study._storage
-    stale = set(storage._get_stale_trial_ids(study._study_id))
-    silent = running_without_heartbeat(storage, study._study_id)
+    storage, study_id = optuna_adapter.study_storage(study), optuna_adapter.study_id(study)
+    stale = set(optuna_adapter.stale_trial_ids(storage, study_id))
+    silent = running_without_heartbeat(storage, study_id)
     oldest = datetime.now() - timedelta(seconds=GRACE_S)
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    return [t for t in running if t._trial_id in stale
-            or (t._trial_id in silent and t.datetime_start is not None and t.datetime_start < oldest)]
+    return [t for t in running if optuna_adapter.trial_id(t) in stale
+            or (optuna_adapter.trial_id(t) in silent and t.datetime_start is not None and t.datetime_start < oldest)]
 
 
 def interrupt(storage: optuna.storages.BaseStorage, trial_id: int, why: str) -> bool:
@@ -112,7 +113,7 @@ def interrupt(storage: optuna.storages.BaseStorage, trial_id: int, why: str) -> 
 
 def fail_stale(study: optuna.Study) -> list[FrozenTrial]:
     """Mark the trials of dead drivers interrupted; returns them."""
-    return [t for t in stale_trials(study) if interrupt(study._storage, t._trial_id, "its driver stopped")]
+    return [t for t in stale_trials(study) if interrupt(optuna_adapter.study_storage(study), optuna_adapter.trial_id(t), "its driver stopped")]
 
 
 def release_own(study: optuna.Study, driver: str) -> int:
@@ -120,13 +121,13 @@ def release_own(study: optuna.Study, driver: str) -> int:
     interrupted; another driver's live trials are left alone."""
     mine = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             if t.user_attrs.get("driver") == driver]
-    return sum(interrupt(study._storage, t._trial_id, "its driver stopped") for t in mine)
+    return sum(interrupt(optuna_adapter.study_storage(study), optuna_adapter.trial_id(t), "its driver stopped") for t in mine)
 
 
 def live_running(study: optuna.Study) -> list[FrozenTrial]:
     """RUNNING trials whose driver is alive."""
-    stale = {t._trial_id for t in stale_trials(study)}
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t._trial_id not in stale]
+    stale = {optuna_adapter.trial_id(t) for t in stale_trials(study)}
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if optuna_adapter.trial_id(t) not in stale]
 
 
 def _point(trial: FrozenTrial) -> tuple:
@@ -135,9 +136,9 @@ def _point(trial: FrozenTrial) -> tuple:
 
 def holders(study: optuna.Study, point: tuple, *, before: int | None = None) -> list[FrozenTrial]:
     """Trials that hold ``point``: COMPLETE, or RUNNING and live (numbered below ``before``)."""
-    live = {t._trial_id for t in live_running(study)}
+    live = {optuna_adapter.trial_id(t) for t in live_running(study)}
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-            if _point(t) == point and (t.state == TrialState.COMPLETE or t._trial_id in live)
+            if _point(t) == point and (t.state == TrialState.COMPLETE or optuna_adapter.trial_id(t) in live)
             and (before is None or t.number < before or t.state == TrialState.COMPLETE)]
 
 
@@ -148,11 +149,11 @@ def claim(study: optuna.Study, attrs: dict) -> int | None:
     point = (attrs["arm"], attrs["seed"])
     if holders(study, point):
         return None
-    storage = study._storage
+    storage = optuna_adapter.study_storage(study)
     template = FrozenTrial(number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(),
                            datetime_complete=None, params={}, distributions={}, user_attrs=attrs,
                            system_attrs={}, intermediate_values={}, trial_id=-1)
-    trial_id = storage.create_new_trial(study._study_id, template_trial=template)
+    trial_id = storage.create_new_trial(optuna_adapter.study_id(study), template_trial=template)
     storage.record_heartbeat(trial_id)
     number = storage.get_trial(trial_id).number
     first = holders(study, point, before=number)

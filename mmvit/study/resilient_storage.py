@@ -30,11 +30,9 @@ made idempotent:
   returns as the first attempt would have;
 * attributes, intermediate values, heartbeats and params are upserts or ignore a duplicate.
 
-Optuna wraps an RDBStorage in a ``_CachedStorage`` that calls a few of its private methods
-(``_create_new_trial``, ``_get_trials``, ``_set_trial_param``, ``_get_best_trial_id``,
-``_get_stale_trial_ids``); those are retried too. This module is the one place that knows that,
-and the one place that queries Optuna's tables directly (trials without a heartbeat, trials
-created with a token).
+Optuna wraps an RDBStorage in a cache that calls a few of its private methods; those are
+retried too. Which ones, and the queries of Optuna's own tables (trials without a heartbeat,
+trials created with a token), live in :mod:`mmvit.study.optuna_adapter`.
 """
 
 from __future__ import annotations
@@ -57,6 +55,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 
 from mmvit.errors import StudyError
+from mmvit.study import optuna_adapter
+from mmvit.study.optuna_adapter import CACHE_CALLS, CacheCallRoutes
 from mmvit.study.storage import redact
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ class _Outage:
         self.started: float | None = None
 
 
-class ResilientStorage(RDBStorage):
+class ResilientStorage(CacheCallRoutes, RDBStorage):
     """An RDBStorage whose calls wait out a lost database server (module docstring)."""
 
     def __init__(self, url: str, *args: Any, **kwargs: Any) -> None:
@@ -251,9 +251,9 @@ class ResilientStorage(RDBStorage):
         self.retrying(call)
 
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
-        return self._create_new_trial(study_id, template_trial)._trial_id
+        return optuna_adapter.trial_id(self.create_frozen_trial(study_id, template_trial))
 
-    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+    def create_frozen_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
         token = uuid.uuid4().hex
         if template_trial is None:  # what RDBStorage creates without a template, plus the token
             template = FrozenTrial(number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(),
@@ -264,11 +264,11 @@ class ResilientStorage(RDBStorage):
             template.system_attrs = {**template_trial.system_attrs, CREATION_KEY: token}
 
         def call(attempt: int) -> FrozenTrial:
-            created = _created_with(self.scoped_session, study_id, token) if attempt else []
-            trial = None if created else RDBStorage._create_new_trial(self, study_id, template)
+            created = optuna_adapter.trials_with_system_attr(self.scoped_session, study_id, CREATION_KEY, json.dumps(token)) if attempt else []
+            trial = None if created else optuna_adapter.rdb_create_trial(self, study_id, template)
             if trial is not None:  # Optuna itself retries a failed creation up to five times
-                created = _created_with(self.scoped_session, study_id, token)
-            kept = trial._trial_id if trial is not None else created[0]
+                created = optuna_adapter.trials_with_system_attr(self.scoped_session, study_id, CREATION_KEY, json.dumps(token))
+            kept = optuna_adapter.trial_id(trial) if trial is not None else created[0]
             for other in created:
                 if other != kept:
                     self._void_duplicate(other, kept)
@@ -308,36 +308,7 @@ class ResilientStorage(RDBStorage):
     def running_without_heartbeat(self, study_id: int) -> set[int]:
         """Ids of the study's RUNNING trials that never recorded a heartbeat (killed within a
         moment of their creation, or written by a version without heartbeats)."""
-        return self.retrying(lambda attempt: _without_heartbeat(self.scoped_session, study_id))
-
-
-def _without_heartbeat(scoped_session: Callable[[], Any], study_id: int) -> set[int]:
-    from optuna.storages._rdb import models  # Optuna keeps heartbeats in their own table
-
-    session = scoped_session()
-    try:
-        rows = (session.query(models.TrialModel.trial_id)
-                .filter(models.TrialModel.study_id == study_id, models.TrialModel.state == TrialState.RUNNING)
-                .filter(~models.TrialModel.heartbeats.any()).all())
-        return {row[0] for row in rows}
-    finally:
-        session.close()
-
-
-def _created_with(scoped_session: Callable[[], Any], study_id: int, token: str) -> list[int]:
-    """Ids of the study's trials created with ``token`` (:data:`CREATION_KEY`), oldest first."""
-    from optuna.storages._rdb import models
-
-    session = scoped_session()
-    try:
-        rows = (session.query(models.TrialSystemAttributeModel.trial_id)
-                .join(models.TrialModel, models.TrialModel.trial_id == models.TrialSystemAttributeModel.trial_id)
-                .filter(models.TrialModel.study_id == study_id,
-                        models.TrialSystemAttributeModel.key == CREATION_KEY,
-                        models.TrialSystemAttributeModel.value_json == json.dumps(token)).all())
-        return sorted(row[0] for row in rows)
-    finally:
-        session.close()
+        return self.retrying(lambda attempt: optuna_adapter.running_without_heartbeat(self.scoped_session, study_id))
 
 
 RETRIED = (
@@ -349,7 +320,7 @@ RETRIED = (
     "get_all_trials", "get_n_trials", "get_best_trial", "get_trial_params", "get_trial_user_attrs",
     "get_trial_system_attrs", "record_heartbeat",
     # what Optuna's _CachedStorage calls on the RDBStorage it wraps
-    "_get_trials", "_set_trial_param", "_get_best_trial_id", "_get_stale_trial_ids",
+    *CACHE_CALLS,
 )
 """Retried as they are (reads, upserts); the writes a retry could repeat are methods above."""
 
@@ -375,10 +346,10 @@ for _name in RETRIED:
 def running_without_heartbeat(storage: optuna.storages.BaseStorage, study_id: int) -> set[int]:
     """:meth:`ResilientStorage.running_without_heartbeat` of any RDBStorage (retried if it is a
     ResilientStorage); a study wraps its storage in a cache, whose backend is asked."""
-    backend = getattr(storage, "_backend", storage)
+    backend = optuna_adapter.backend(storage)
     if isinstance(backend, ResilientStorage):
         return backend.running_without_heartbeat(study_id)
-    return _without_heartbeat(backend.scoped_session, study_id)
+    return optuna_adapter.running_without_heartbeat(backend.scoped_session, study_id)
 
 
 def raise_if_storage_lost(results: Iterable[Any]) -> None:

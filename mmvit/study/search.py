@@ -2,12 +2,12 @@
 
 Search trials train on the study's search seed (``search.seed``, never one of the final ``seeds``)
 and measure no test metrics. Each arm has its own Optuna study (``<study>/search/<arm>``) in the
-study's storage, sampled by Ray Tune's :class:`OptunaSearch` (one per arm, dispatched by
-:class:`ArmSearch` so all arms search at once and the cluster stays busy). :class:`ArmASHA` keeps one ASHA bracket per arm:
+study's storage, asked and told by :class:`ArmSearch` (one Ray searcher for all arms, so all
+arms search at once and the cluster stays busy). :class:`ArmASHA` keeps one ASHA bracket per arm:
 a trial is only ever compared with trials of its own arm, so ASHA never cuts an arm.
 
-OptunaSearch records an ASHA-stopped trial as COMPLETE with its truncated value; here it is
-recorded PRUNED, with ``pruned_at_epoch``. A COMPLETE trial's value is its validation metric at
+An ASHA-stopped trial is recorded PRUNED, with ``pruned_at_epoch`` (not COMPLETE with a
+truncated value). A COMPLETE trial's value is its validation metric at
 the best epoch, as for the final trials.
 
 Resume: trials a dead driver left RUNNING (heartbeat stale, :mod:`mmvit.study.claims`) are
@@ -32,10 +32,10 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
-from ray.tune.search.optuna import OptunaSearch
 
 from mmvit.study.claims import Heartbeats, fail_stale, interrupt, live_running, was_interrupted
 from mmvit.study.spec import SearchParam, StudySpec
+from mmvit.study import optuna_adapter
 from mmvit.study.trial import StudyJob
 
 log = logging.getLogger(__name__)
@@ -80,14 +80,14 @@ def prepare_arm_search(study: optuna.Study, retry_failed: bool) -> int:
     """Mark dead drivers' RUNNING trials interrupted and enqueue their parameters again (and
     those of failed trials with ``retry_failed``). Returns the trials that use up budget: done,
     or running live (in any driver)."""
-    storage = study._storage
+    storage = optuna_adapter.study_storage(study)
     again = fail_stale(study)
     if retry_failed:
         again += [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
                   if not t.user_attrs.get("retried") and not was_interrupted(t)]
     for trial in again:
         if trial.params:
-            storage.set_trial_user_attr(trial._trial_id, "retried", True)
+            storage.set_trial_user_attr(optuna_adapter.trial_id(trial), "retried", True)
             study.enqueue_trial(trial.params, user_attrs={"resumes": trial.number}, skip_if_exists=False)
     return used_budget(study, retry_failed)
 
@@ -101,34 +101,33 @@ def budget_ahead_of(study: optuna.Study, number: int) -> int:
     """Trials numbered below ``number`` that use up the arm's budget: done, running live, or
     waiting to be asked (an enqueued re-run). A total order, so of trials asked at the same
     moment by two drivers exactly the first ``trials_per_arm`` keep running."""
-    live = {t._trial_id for t in live_running(study)}
+    live = {optuna_adapter.trial_id(t) for t in live_running(study)}
     return sum(1 for t in study.get_trials(deepcopy=False) if t.number < number and (
-        counts_as_done(t, retry_failed=False) or t._trial_id in live or t.state == TrialState.WAITING))
+        counts_as_done(t, retry_failed=False) or optuna_adapter.trial_id(t) in live or t.state == TrialState.WAITING))
 
 
 class ArmSearch(Searcher):
-    """One OptunaSearch per arm behind one Ray searcher; hands out each arm's remaining budget,
-    the arm with the most left first. Before each ask the arm's budget is checked against
-    storage, so trials another driver started meanwhile count too; the trials it asked carry
-    this driver's id and its heartbeat until they are told."""
+    """One Optuna study per arm behind one Ray searcher, on Optuna's ask-and-tell interface;
+    hands out each arm's remaining budget, the arm with the most left first. Before each ask
+    the arm's budget is checked against storage, so trials another driver started meanwhile
+    count too; the trials it asked carry this driver's id and its heartbeat until they are told."""
 
     def __init__(self, job: StudyJob, budgets: dict[int, int], seeds_stored: dict[int, int],
                  heartbeats: Heartbeats, per_arm: int) -> None:
         spec = job.spec
-        mode = "max" if spec.direction == "maximize" else "min"
-        super().__init__(metric=spec.metric, mode=mode)
+        super().__init__(metric=spec.metric, mode="max" if spec.direction == "maximize" else "min")
         from mmvit.study.storage import open_storage
 
-        space = {key: distribution(param) for key, param in spec.search.params.items()}
+        self.space = {key: distribution(param) for key, param in spec.search.params.items()}
         self.job, self.budgets, self.heartbeats, self.per_arm = job, dict(budgets), heartbeats, per_arm
-        self.searchers = {
-            index: OptunaSearch(space, metric=spec.metric, mode=mode,
-                                sampler=make_sampler(spec, _sampler_seed(spec, index, seeds_stored[index])),
-                                study_name=search_study_name(spec, job.arms[index].name),
-                                storage=open_storage(job.url))
+        self.studies = {
+            index: optuna.create_study(study_name=search_study_name(spec, job.arms[index].name),
+                                       storage=open_storage(job.url), direction=spec.direction, load_if_exists=True,
+                                       sampler=make_sampler(spec, _sampler_seed(spec, index, seeds_stored[index])))
             for index in budgets
         }
-        self.owner: dict[str, int] = {}
+        self.asked: dict[str, tuple[int, optuna.trial.Trial]] = {}  # Ray trial id → (arm, Optuna trial)
+        self.told: set[str] = set()
         self.epochs: dict[str, int] = {}
         self.last_epoch: dict[str, int] = {}
 
@@ -142,63 +141,62 @@ class ArmSearch(Searcher):
             if not open_arms:
                 return None
             index = max(open_arms, key=lambda i: (self.budgets[i], -i))
-            if used_budget(self.searchers[index]._ot_study) < self.per_arm:
+            if used_budget(self.studies[index]) < self.per_arm:
                 return index
             self.budgets[index] = 0  # another driver ran or runs the rest of this arm's budget
 
     def suggest(self, trial_id: str) -> dict | str | None:
         while (index := self._next_arm()) is not None:
-            searcher = self.searchers[index]
-            searcher.suggest(trial_id)
-            ot_trial = searcher._ot_trials[trial_id]
-            storage = searcher._ot_study._storage
-            storage.set_trial_user_attr(ot_trial._trial_id, "driver", self.job.driver)
-            self.heartbeats.add(ot_trial._trial_id)
+            study = self.studies[index]
+            asked = study.ask(self.space)  # an enqueued re-run first, else the sampler's proposal
+            stored_id = optuna_adapter.trial_id(asked)
+            storage = optuna_adapter.study_storage(study)
+            storage.set_trial_user_attr(stored_id, "driver", self.job.driver)
+            self.heartbeats.add(stored_id)
             self.budgets[index] -= 1
-            if budget_ahead_of(searcher._ot_study, ot_trial.number) >= self.per_arm:
+            if budget_ahead_of(study, asked.number) >= self.per_arm:
                 # Another driver asked this arm's last trial at the same moment, and first.
-                self.heartbeats.discard(ot_trial._trial_id)
-                interrupt(storage, ot_trial._trial_id, "another driver took this arm's last search trial")
-                del searcher._ot_trials[trial_id]
+                self.heartbeats.discard(stored_id)
+                interrupt(storage, stored_id, "another driver took this arm's last search trial")
                 self.budgets[index] = 0
                 continue
-            self.owner[trial_id] = index
+            self.asked[trial_id] = (index, asked)
             seed = self.job.spec.search_seed  # never a final seed: finals train from scratch
-            self.epochs[trial_id] = self.job.resolve(index, seed, ot_trial.params).train.epochs
-            return {"point": {"arm": index, "seed": seed, "params": dict(ot_trial.params),
-                              "search": [searcher._study_name, ot_trial._trial_id]}}
+            self.epochs[trial_id] = self.job.resolve(index, seed, asked.params).train.epochs
+            return {"point": {"arm": index, "seed": seed, "params": dict(asked.params),
+                              "search": [study.study_name, stored_id]}}
         return Searcher.FINISHED
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        searcher = self.searchers[self.owner[trial_id]]
         epoch = int(result["epoch"])
         self.last_epoch[trial_id] = epoch
-        searcher._ot_trials[trial_id].report(result[self.metric], epoch)
+        self.asked[trial_id][1].report(result[self.metric], epoch)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        searcher = self.searchers[self.owner[trial_id]]
-        if trial_id in searcher._completed_trials:
+        if trial_id in self.told or trial_id not in self.asked:
             return
-        searcher._completed_trials.add(trial_id)
-        ot_trial = searcher._ot_trials[trial_id]
-        study = searcher._ot_study
+        self.told.add(trial_id)
+        index, asked = self.asked[trial_id]
+        study = self.studies[index]
+        stored_id = optuna_adapter.trial_id(asked)
         if result and self.metric in result and int(result.get("epoch", 0)) > self.last_epoch.get(trial_id, 0):
             # Tune hands the result that made ASHA stop a trial only to on_trial_complete.
             self.on_trial_result(trial_id, result)
         last = self.last_epoch.get(trial_id, 0)
+        storage = optuna_adapter.study_storage(study)
         try:
             if error:
-                study.tell(ot_trial, state=TrialState.FAIL)
+                study.tell(asked, state=TrialState.FAIL)
             elif last < self.epochs[trial_id]:
-                study._storage.set_trial_user_attr(ot_trial._trial_id, "pruned_at_epoch", last)
-                study.tell(ot_trial, state=TrialState.PRUNED)
+                storage.set_trial_user_attr(stored_id, "pruned_at_epoch", last)
+                study.tell(asked, state=TrialState.PRUNED)
             else:
-                stored = study._storage.get_trial(ot_trial._trial_id).user_attrs
+                stored = storage.get_trial(stored_id).user_attrs
                 value = stored.get("validation", {}).get(self.metric, (result or {}).get(self.metric))
-                study.tell(ot_trial, value)
+                study.tell(asked, value)
         except Exception as failure:  # a finished trial, a NaN value: never lose the rest
-            log.warning("Could not record search trial %s: %s", ot_trial.number, failure)
-        self.heartbeats.discard(ot_trial._trial_id)
+            log.warning("Could not record search trial %s: %s", asked.number, failure)
+        self.heartbeats.discard(stored_id)
 
 
 class ArmASHA(FIFOScheduler):
@@ -207,7 +205,7 @@ class ArmASHA(FIFOScheduler):
     def __init__(self, job: StudyJob, *, grace_period: int, reduction_factor: float, max_t: int) -> None:
         super().__init__()
         mode = "max" if job.spec.direction == "maximize" else "min"
-        self.metric_name, self.sign = job.spec.metric, 1.0 if mode == "max" else -1.0
+        self.metric_name = job.spec.metric
         self.per_arm: dict[int, ASHAScheduler] = {}
         self._make = lambda: ASHAScheduler(time_attr="epoch", metric=job.spec.metric, mode=mode, max_t=max_t,
                                            grace_period=grace_period, reduction_factor=reduction_factor,
@@ -219,12 +217,15 @@ class ArmASHA(FIFOScheduler):
         return self.per_arm[index]
 
     def replay(self, index: int, study: optuna.Study) -> None:
-        """Refill an arm's rungs from the intermediate values of its finished trials."""
-        bracket = self._arm(index)._brackets[0]
+        """Refill an arm's rungs from the intermediate values of its finished trials, through
+        the scheduler's own hooks: each stored trial is added, reports its epochs, and leaves."""
+        scheduler = self._arm(index)
         for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
             ghost = SimpleNamespace(trial_id=f"stored-{trial.number}")
+            scheduler.on_trial_add(None, ghost)
             for epoch, value in sorted(trial.intermediate_values.items()):
-                bracket.on_result(ghost, epoch, self.sign * value)
+                scheduler.on_trial_result(None, ghost, {"epoch": epoch, self.metric_name: value})
+            scheduler.on_trial_remove(None, ghost)
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         return True

@@ -30,6 +30,7 @@ from mmvit.study.arms import Arm, ablated_keys
 from mmvit.study.claims import HEARTBEAT_S, Heartbeats, claim, interrupt, stale_trials, was_interrupted
 from mmvit.study.shared_path import join, trial_checkpoints
 from mmvit.study.spec import StudySpec
+from mmvit.study import optuna_adapter
 from mmvit.study.storage import open_storage
 
 QUICK_PROFILE: dict[str, Any] = {
@@ -193,12 +194,12 @@ def take_over_lost_attempt(study: optuna.Study, attrs: dict) -> bool:
                    and t.user_attrs.get("ray_trial") == attrs["ray_trial"]]
         if any(t.state == TrialState.FAIL and not was_interrupted(t) for t in earlier):
             return False
-        running = {t._trial_id for t in earlier if t.state == TrialState.RUNNING}
+        running = {optuna_adapter.trial_id(t) for t in earlier if t.state == TrialState.RUNNING}
         if not running:
             return True
-        stale = running & {t._trial_id for t in stale_trials(study)}
+        stale = running & {optuna_adapter.trial_id(t) for t in stale_trials(study)}
         for trial_id in stale:
-            interrupt(study._storage, trial_id, "its worker was lost; Ray ran the trial again")
+            interrupt(optuna_adapter.study_storage(study), trial_id, "its worker was lost; Ray ran the trial again")
         if not stale:
             time.sleep(1)
 
