@@ -244,6 +244,9 @@ def train(
     from mmvit.train.tables import print_trial_result
 
     trial = load_trial_config(config, set_, data)
+    from mmvit.models import check_settings
+
+    check_settings(trial.model.fusion, trial.model.model_fields_set - {"fusion"}, type(trial.model).model_fields)
     result = train_trial(trial, checkpoint_dir=checkpoint_dir, progress=console.is_terminal)
     print_trial_result(console, trial, result)
 

@@ -94,12 +94,28 @@ def test_train_command_prints_both_tables(demo_root, tmp_path):
     result = CliRunner().invoke(app, [
         "train", "--data", str(demo_root), "--set", "model.fusion=sct", "--set", "train.epochs=1",
         "--set", "train.batch_size=8", "--set", f"data.cache_dir={tmp_path / 'cache'}",
-        "--set", "data.num_workers=0", *(f"--set=model.{k}={v}" for k, v in TINY.items()),
+        "--set", "data.num_workers=0", *(f"--set=model.{k}={v}" for k, v in tiny("sct").items()),
     ])
     assert result.exit_code == 0, result.output
     for text in ("AP micro", "AP macro", "F2", "HL", "Class-wise AP", "Urban fabric", "Marine waters",
                  "parameters", "samples/s", "peak memory"):
         assert text in result.output
+
+
+def tiny(fusion: str) -> dict:
+    """TINY in the settings ``fusion`` takes (Middle Fusion: two stacks, no ``depth``)."""
+    dropped = ("depth",) if fusion == "middle" else ("modality_depth", "fusion_depth")
+    return {k: v for k, v in TINY.items() if k not in dropped}
+
+
+def test_train_command_refuses_a_setting_the_model_does_not_take():
+    """Middle Fusion takes modality_depth and fusion_depth; `depth` used to be dropped when the
+    model was built, and the default 6 + 2 model trained."""
+    result = CliRunner().invoke(app, ["train", "--set", "model.fusion=middle", "--set", "model.depth=4"])
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert "model.depth is not a setting of model 'middle'" in text and "modality_depth, fusion_depth" in text
+    assert "Traceback" not in result.output
 
 
 def test_train_command_rejects_unknown_key_without_traceback(tmp_path):
@@ -116,8 +132,7 @@ def test_every_model_trains_through_the_command(demo_root, tmp_path, fusion):
         "train", "--data", str(demo_root), "--set", f"model.fusion={fusion}",
         "--set", f"data.modalities={modalities}", "--set", "train.epochs=1", "--set", "train.batch_size=16",
         "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "data.num_workers=0",
-        "--set", "model.modality_depth=1", "--set", "model.fusion_depth=1",
-        *(f"--set=model.{k}={v}" for k, v in TINY.items()),
+        *(f"--set=model.{k}={v}" for k, v in tiny(fusion).items()),
     ])
     assert result.exit_code == 0, result.output
     assert f"{fusion} on {modalities}" in result.output and "best epoch 1 of 1" in result.output

@@ -4,7 +4,7 @@
 logits (B, 19). Importing the model modules registers them, in the thesis's order.
 """
 
-from mmvit.models._registry import create_model, hyperparameters, list_models, register_model
+from mmvit.models._registry import check_settings, create_model, hyperparameters, list_models, register_model
 from mmvit.models import vit, early, token, channel, middle, cross_attention, sct  # noqa: E402,F401,I001
 
-__all__ = ["create_model", "hyperparameters", "list_models", "register_model"]
+__all__ = ["check_settings", "create_model", "hyperparameters", "list_models", "register_model"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, TypeVar
 
 from torch import nn
@@ -89,3 +89,17 @@ def _check_foreign(name: str, key: str, value: Any, own: dict[str, Any]) -> None
     if not all(_is_default(value, default) for default in users.values()):
         raise SpecError(f"{key!r} is a hyper-parameter of {', '.join(users)}, not of {name!r} "
                         f"(which takes {', '.join(own)}), but got {key}={value!r}")
+
+
+def check_settings(name: str, keys: Iterable[str], settable: Collection[str] | None = None) -> None:
+    """Refuse settings model ``name`` does not take, whatever their value: a ``TrialConfig``
+    carries every model's hyper-parameters, and one the model does not take would be dropped
+    when the model is built (``depth`` set for Middle Fusion, which takes ``modality_depth``
+    and ``fusion_depth``). The one gate for what a user sets: study files and ``train --set``.
+    ``settable``: the keys a configuration can set (the message lists those the model takes)."""
+    own = hyperparameters(name)
+    for key in keys:
+        if key.split(".")[0] not in own:
+            takes = [k for k in own if settable is None or k in settable]
+            raise SpecError(f"model.{key} is not a setting of model {name!r}, which takes "
+                            f"{', '.join(takes)}; remove model.{key} or choose a model that takes it")

@@ -419,16 +419,20 @@ def _check_dotted(key: str, where: tuple) -> None:
 
 def _check_arm(spec: StudySpec, config: TrialConfig, arm: Arm) -> None:
     """Build the arm's model on the meta device: shape rules fail here, not after hours."""
-    from mmvit.models import hyperparameters
+    from mmvit.models import check_settings
     from mmvit.study.shapes import model_shape
 
-    own = hyperparameters(config.model.fusion)
-    for key in (*arm.settings, *(spec.search.params if spec.search else ())):
+    base_model = spec.base.get("model") if isinstance(spec.base.get("model"), dict) else {}
+    places = [(f"model.{key}", ("base", "model", key)) for key in base_model]
+    places += [(key, _where_arm(spec, arm, key)) for key in arm.settings]
+    places += [(key, ("search", "params", key)) for key in (spec.search.params if spec.search else ())]
+    for key, where in places:
         field = key.split(".", 1)[1] if key.startswith("model.") else None
-        if field and field != "fusion" and field.split(".")[0] not in own:
-            raise _Located(_where_arm(spec, arm, key) if key in arm.settings else ("search", "params", key),
-                           f"{key} does not apply to model {config.model.fusion!r} (arm {arm.name}): "
-                           f"it takes {', '.join(own)}. Remove the axis or the arm.")
+        if field and field != "fusion":
+            try:
+                check_settings(config.model.fusion, [field], type(config.model).model_fields)
+            except SpecError as error:
+                raise _Located(where, f"arm {arm.name}: {error}.") from None
     model_shape(config)
 
 
