@@ -46,9 +46,9 @@ _OPEN: dict[tuple[int, str], optuna.storages.RDBStorage] = {}
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """An RDBStorage instance (Ray's OptunaSearch rejects the URL string form), one per URL and
-    process: the progress view, the live report and every trial of a reused worker share one
-    connection pool instead of opening a pool each (PostgreSQL's connection limit)."""
+    """An RDBStorage instance, one per URL and process: the progress view, the live report and
+    every trial of a reused worker share one connection pool instead of opening a pool each
+    (PostgreSQL's connection limit)."""
     key = (os.getpid(), url)
     if key not in _OPEN:
         _OPEN[key] = _connect(url)
