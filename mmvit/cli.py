@@ -341,7 +341,7 @@ def run(
     data: Annotated[Optional[Path], typer.Option(help="Archive root (default: the demo archive, quick profile).")] = None,
     studies_dir: Annotated[Path, typer.Option(help="Where studies/<study>/ lives.")] = Path("studies"),
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL (default: SQLite in studies/<study>/).")] = None,
-    profile: Annotated[Optional[str], typer.Option(help="full, quick (30 epochs, width 64; default on the demo archive) or smoke (1 epoch, 128 patches, first seed, 2 search trials per arm).")] = None,
+    profile: Annotated[Optional[str], typer.Option(help="full, quick (15 epochs, width 64; default on the demo archive) or smoke (1 epoch, 128 patches, first seed, 2 search trials per arm).")] = None,
     address: Annotated[Optional[str], typer.Option(help="Join a running Ray cluster (auto or HOST:PORT).")] = None,
     retry_failed: Annotated[bool, typer.Option(help="Run failed trials again.")] = False,
     reports_dir: Annotated[Path, typer.Option(help="Where the live report reports/<study>/ is written.")] = Path("reports"),

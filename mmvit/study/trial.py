@@ -34,7 +34,7 @@ from mmvit.study import optuna_adapter
 from mmvit.study.storage import open_storage
 
 QUICK_PROFILE: dict[str, Any] = {
-    "train.epochs": 30,
+    "train.epochs": 15,
     "train.batch_size": 16,
     "train.warmup_epochs": 2,
     "model.embed_dim": 64,
@@ -43,12 +43,9 @@ QUICK_PROFILE: dict[str, Any] = {
 }
 """What the quick profile shrinks (budgets and width) — never a key a study ablates or searches.
 Sized so that the models learn the demo archive (300 training patches) on 2 CPU cores: about
-570 optimiser steps of 16 patches with a two-epoch warm-up, at width 64 (thesis lr and schedule).
+285 optimiser steps of 16 patches with a two-epoch warm-up, at width 64 (thesis lr and schedule).
 At 12 epochs and a one-epoch warm-up the deepest dual encoders (SCT at depth 12: 24 blocks of
-width 64) were still rising and two arms of depth.yaml ended at test AP macro 0.38–0.39; at 15
-epochs the known-answer study's S2 - S1 step (demo seed 1: 0.024 ± 0.020 AP macro over three
-seeds, t = 2.0) needed five seeds to pass its test, at 30 epochs three suffice (0.047 ± 0.018,
-t = 4.5), and the batch path trains 30 epochs in the time 15 took before it."""
+width 64) were still rising and two arms of depth.yaml ended at test AP macro 0.38–0.39."""
 
 QUICK_FINAL_TRIALS = 15
 """The quick profile's budget of final trials: a study keeps as many of its paired seeds as fit
