@@ -100,6 +100,8 @@ def _files_holding(folder: Path, secret: str) -> list[str]:
     return [str(path) for path in folder.rglob("*") if path.is_file() and secret.encode() in path.read_bytes()]
 
 
+@pytest.mark.slow  # end to end on a real server (~50 s); tests/test_claims.py and test_storage.py run
+# PostgreSQL's claim, heartbeat and storage rules in the default suite
 @pytest.mark.timeout(400)
 def test_postgresql_storage_kill_resume_report_and_the_password_never_leaks(tmp_path, demo_root, postgres_url):
     (tmp_path / "study.yaml").write_text(SPEC)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from mmvit.study.storage import open_storage, storage_url
@@ -82,6 +83,7 @@ def _assert_resumed(tmp_path: Path, name: str, before) -> None:
         assert rerun.user_attrs["epochs_run"] == EPOCHS
 
 
+@pytest.mark.slow  # a CLI process killed and rerun (~40 s); tests/test_runner.py resumes in the default suite
 def test_sigkill_of_the_whole_process_tree_then_the_same_command_resumes(tmp_path, demo_root):
     process = _start(tmp_path, "killed", demo_root)
     before = _wait_mid_study(tmp_path, "killed", process)
@@ -98,6 +100,7 @@ def test_sigkill_of_the_whole_process_tree_then_the_same_command_resumes(tmp_pat
     _assert_resumed(tmp_path, "killed", before)
 
 
+@pytest.mark.slow  # a CLI process stopped and rerun (~40 s); tests/test_runner.py resumes in the default suite
 def test_ctrl_c_stops_gracefully_and_the_same_command_resumes(tmp_path, demo_root):
     process = _start(tmp_path, "stopped", demo_root)
     _wait_mid_study(tmp_path, "stopped", process)

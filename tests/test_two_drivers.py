@@ -64,9 +64,10 @@ def _one_driver_outlasted_the_other(complete: list, margin_s: float = 20.0) -> b
 
 
 @pytest.mark.timeout(400)
-# PostgreSQL end to end is slow-marked (the default suite's budget); tests/test_claims.py runs the
-# claim and heartbeat rules on both backends by default.
-@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+# Two CLI drivers end to end take ~50 s a backend: slow-marked (the default suite's budget);
+# tests/test_claims.py runs the claim and heartbeat rules on both backends by default.
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_two_drivers_on_one_study_run_every_point_once(backend, request, tmp_path, demo_root):
     (tmp_path / "study.yaml").write_text(SPEC)
     url = f"sqlite:///{tmp_path / 'shared.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
