@@ -411,6 +411,7 @@ def status(
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL.")] = None,
 ) -> None:
     """The arms × seeds table of a study, from storage."""
+    from mmvit.metric_names import AGGREGATE
     from mmvit.study.claims import state_label
     from mmvit.study.runner import status_rows
 
@@ -429,6 +430,6 @@ def status(
         test = trial.user_attrs.get("test", {})
         table.add_row(str(trial.user_attrs.get("arm")), str(trial.user_attrs.get("seed")), state_label(trial),
                       str(len(trial.user_attrs.get("history", []))), fmt(trial.value),
-                      *(fmt(test.get(k)) for k in ("ap_micro", "ap_macro", "f2", "hamming_loss")),
+                      *(fmt(test.get(k)) for k in AGGREGATE),
                       str(trial.user_attrs.get("host", "—")))  # on a cluster: where it runs or ran
     console.print(table)

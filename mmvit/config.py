@@ -105,7 +105,7 @@ class TrainConfig(_Section):
     @field_validator("metric")
     @classmethod
     def _metric(cls, value: str) -> str:
-        from mmvit.train.metrics import check_metric
+        from mmvit.metric_names import check_metric
 
         return check_metric(value)
 

@@ -23,21 +23,14 @@ from sqlalchemy.exc import ArgumentError
 from mmvit.errors import StudyError
 from mmvit.study.claims import INTERRUPTED  # noqa: F401  (the report's readers take it from here)
 from mmvit.study import optuna_adapter
+from mmvit.metric_names import AGGREGATE, DISPLAY_NAMES, LOWER_IS_BETTER  # noqa: F401  (the report's readers take them from here)
 from mmvit.study.storage import open_storage, redact
 
 if TYPE_CHECKING:
     import pandas as pd
 
-METRICS: tuple[str, ...] = ("ap_micro", "ap_macro", "f2", "hamming_loss")
-"""The aggregate metrics of the thesis tables, in column order."""
-
-METRIC_NAMES: dict[str, str] = {"ap_micro": "AP micro", "ap_macro": "AP macro", "f2": "F2",
-                                "hamming_loss": "HL", "f2_macro": "F2 macro",
-                                "precision_micro": "precision micro", "recall_micro": "recall micro",
-                                "precision_macro": "precision macro", "recall_macro": "recall macro"}
-
-LOWER_IS_BETTER: frozenset[str] = frozenset({"hamming_loss"})
-"""Metrics where less is better (a copy of the training code's table, which imports torch's package)."""
+METRICS = AGGREGATE  # the report's names for the one table in mmvit.metric_names
+METRIC_NAMES = DISPLAY_NAMES
 
 
 def as_float(value: Any) -> float:

@@ -25,7 +25,8 @@ from torch import nn
 from mmvit.config import TrialConfig
 from mmvit.data.loader import BatchLoader, SplitArrays, TrialData, build_datasets
 from mmvit.errors import DataError
-from mmvit.train.metrics import HIGHER_IS_BETTER, compute_metrics
+from mmvit.metric_names import HIGHER_IS_BETTER
+from mmvit.train.metrics import compute_metrics
 
 CHECKPOINT = "last.pt"
 BEST_WEIGHTS = "best.pt"

@@ -1,7 +1,7 @@
 """Multi-label metrics of thesis §6.2: AP micro/macro, F2, Hamming loss, class-wise AP.
 
 Computed with numpy (no scikit-learn at run time); the tests check every number against
-scikit-learn. The keys are the names a study file uses for ``metric:``.
+scikit-learn. The keys are the names a study file uses for ``metric:`` (:mod:`mmvit.metric_names`).
 
 Classes without a positive sample in the evaluated split have no precision-recall curve: their
 AP is NaN in ``ap_per_class`` and they are left out of ``ap_macro`` (and of the macro
@@ -12,30 +12,6 @@ never predicted is 0 (scikit-learn's ``zero_division=0``).
 from __future__ import annotations
 
 import numpy as np
-
-HIGHER_IS_BETTER: dict[str, bool] = {
-    "ap_micro": True,
-    "ap_macro": True,
-    "f2": True,
-    "f2_macro": True,
-    "hamming_loss": False,
-    "precision_micro": True,
-    "recall_micro": True,
-    "precision_macro": True,
-    "recall_macro": True,
-}
-"""Scalar metrics and their direction (for selection on the validation split)."""
-
-
-def check_metric(name: str) -> str:
-    """``name`` if it is a scalar metric; otherwise a ValueError with the valid names."""
-    if name not in HIGHER_IS_BETTER:
-        import difflib
-
-        close = difflib.get_close_matches(name, HIGHER_IS_BETTER, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"metric must be one of {', '.join(HIGHER_IS_BETTER)}, but got {name!r}{hint}")
-    return name
 
 
 def average_precision(targets: np.ndarray, scores: np.ndarray) -> float:
