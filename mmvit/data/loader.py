@@ -157,6 +157,7 @@ class BatchLoader:
                                        scale.expand(channels).contiguous().to(device))
         self._pin = device.type == "cuda"
         self._outputs: dict[str, torch.Tensor] = {}
+        self._reused_host: Batch | None = None
 
     def __len__(self) -> int:
         return math.ceil(len(self.split) / self.batch_size)
@@ -213,7 +214,9 @@ class BatchLoader:
             # output buffers before the next gather, and a fresh 70 MB allocation per batch of
             # 256 page-faults (it cost more than the gather itself). A device copy may still be
             # reading its source when the next gather starts, so there each batch gets its own.
-            reuse = self._host_buffers() if self.device.type == "cpu" else None
+            if self.device.type == "cpu" and self._reused_host is None:
+                self._reused_host = self._host_buffers()  # kept across epochs, like the outputs
+            reuse = self._reused_host if self.device.type == "cpu" else None
             for rows in order:
                 batch = self.split.gather(rows, reuse)
                 yield {k: v.to(self.device, non_blocking=self._pin) for k, v in batch.items()}

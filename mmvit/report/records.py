@@ -21,9 +21,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from mmvit.errors import StudyError
-from mmvit.study.claims import INTERRUPTED  # noqa: F401  (the report's readers take it from here)
-from mmvit.study import optuna_adapter
 from mmvit.metric_names import AGGREGATE, DISPLAY_NAMES, LOWER_IS_BETTER  # noqa: F401  (the report's readers take them from here)
+from mmvit.study import optuna_adapter
+from mmvit.study.claims import INTERRUPTED  # noqa: F401  (the report's readers take it from here)
 from mmvit.study.storage import open_storage, redact
 
 if TYPE_CHECKING:

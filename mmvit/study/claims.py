@@ -97,8 +97,8 @@ def stale_trials(study: optuna.Study) -> list[FrozenTrial]:
     silent = running_without_heartbeat(storage, study_id)
     oldest = datetime.now() - timedelta(seconds=GRACE_S)
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    return [t for t in running if optuna_adapter.trial_id(t) in stale
-            or (optuna_adapter.trial_id(t) in silent and t.datetime_start is not None and t.datetime_start < oldest)]
+    return [t for t in running if (trial_id := optuna_adapter.trial_id(t)) in stale
+            or (trial_id in silent and t.datetime_start is not None and t.datetime_start < oldest)]
 
 
 def interrupt(storage: optuna.storages.BaseStorage, trial_id: int, why: str) -> bool:
@@ -113,7 +113,8 @@ def interrupt(storage: optuna.storages.BaseStorage, trial_id: int, why: str) -> 
 
 def fail_stale(study: optuna.Study) -> list[FrozenTrial]:
     """Mark the trials of dead drivers interrupted; returns them."""
-    return [t for t in stale_trials(study) if interrupt(optuna_adapter.study_storage(study), optuna_adapter.trial_id(t), "its driver stopped")]
+    storage = optuna_adapter.study_storage(study)
+    return [t for t in stale_trials(study) if interrupt(storage, optuna_adapter.trial_id(t), "its driver stopped")]
 
 
 def release_own(study: optuna.Study, driver: str) -> int:
@@ -121,7 +122,8 @@ def release_own(study: optuna.Study, driver: str) -> int:
     interrupted; another driver's live trials are left alone."""
     mine = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             if t.user_attrs.get("driver") == driver]
-    return sum(interrupt(optuna_adapter.study_storage(study), optuna_adapter.trial_id(t), "its driver stopped") for t in mine)
+    storage = optuna_adapter.study_storage(study)
+    return sum(interrupt(storage, optuna_adapter.trial_id(t), "its driver stopped") for t in mine)
 
 
 def live_running(study: optuna.Study) -> list[FrozenTrial]:

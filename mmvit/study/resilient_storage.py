@@ -263,11 +263,14 @@ class ResilientStorage(CacheCallRoutes, RDBStorage):
             template = copy.copy(template_trial)  # the caller's template is left as it was
             template.system_attrs = {**template_trial.system_attrs, CREATION_KEY: token}
 
+        def with_token() -> list[int]:
+            return optuna_adapter.trials_with_system_attr(self.scoped_session, study_id, CREATION_KEY, json.dumps(token))
+
         def call(attempt: int) -> FrozenTrial:
-            created = optuna_adapter.trials_with_system_attr(self.scoped_session, study_id, CREATION_KEY, json.dumps(token)) if attempt else []
+            created = with_token() if attempt else []
             trial = None if created else optuna_adapter.rdb_create_trial(self, study_id, template)
             if trial is not None:  # Optuna itself retries a failed creation up to five times
-                created = optuna_adapter.trials_with_system_attr(self.scoped_session, study_id, CREATION_KEY, json.dumps(token))
+                created = with_token()
             kept = optuna_adapter.trial_id(trial) if trial is not None else created[0]
             for other in created:
                 if other != kept:
