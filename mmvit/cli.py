@@ -301,16 +301,19 @@ def bench_study(
 def validate(
     file: Annotated[Path, typer.Argument(help="A study file (YAML).")],
     train_patches: Annotated[Optional[int], typer.Option(help="Training patches for the cost estimate (default: the v1 train split).")] = 269_695,
-    profile: Annotated[str, typer.Option(help="The profile `run` will use: full (a real archive), quick (the demo archive's default) or smoke.")] = "full",
+    profile: Annotated[Optional[str], typer.Option(help="full, quick or smoke (default: the one `run` chooses: full with --data, $MMVIT_DATA or data.root, quick on the demo archive).")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="The archive `run` will get (only its presence chooses the profile; it is not read).")] = None,
 ) -> None:
-    """Check a study file and print its plan: arms, seeds, trials, a rough cost."""
-    from mmvit.study.plan import REFERENCE_TFLOPS, plan_study
+    """Check a study file and print the plan `run` runs: arms, seeds, trials, a rough cost."""
+    from mmvit.study.plan import REFERENCE_TFLOPS, choose_profile, plan_study
     from mmvit.study.spec import load_spec
-    from mmvit.study.trial import PROFILES
 
-    if profile not in PROFILES:
-        raise MMViTError(f"--profile must be one of {', '.join(PROFILES)}, but got {profile!r}.")
     spec = load_spec(file)
+    chosen = choose_profile(spec, profile, str(data) if data else None)
+    if profile is None and chosen == "quick":
+        console.print("No --data, $MMVIT_DATA or data.root: `run` trains on the demo archive in the quick profile "
+                      "(pass --data or --profile full for the plan on a real archive).", highlight=False)
+    profile = chosen
     plan = plan_study(spec, train_patches, profile=profile)
     console.print(Text.assemble((spec.study, "bold"), f" — {spec.description or 'no description'}"))
     table = Table("arm", "parameters", "tokens", "epochs", "search trials", "seed trials")
@@ -356,13 +359,14 @@ def run(
 
     use_cluster_token(address)  # before Ray is imported: it reads its auth mode once
     from mmvit.study.runner import run_study
-    from mmvit.study.spec import load_spec
+    from mmvit.study.spec import read_study
     from mmvit.study.storage import redact, storage_url
 
-    name = load_spec(file, check_models=False).study  # run_study checks the models
+    study_file = read_study(file, check_models=False)  # read once; run_study checks the models while Ray starts
+    name = study_file.spec.study
     where = redact(storage_url(name, studies_dir, storage))
     try:
-        summary = run_study(file, studies_dir=studies_dir, storage=storage,
+        summary = run_study(study_file, studies_dir=studies_dir, storage=storage,
                             data=str(data) if data else None, profile=profile, address=address,
                             retry_failed=retry_failed, verbose=verbose, console=console,
                             reports_dir=reports_dir, storage_path=storage_path,
@@ -412,24 +416,26 @@ def status(
 ) -> None:
     """The arms × seeds table of a study, from storage."""
     from mmvit.metric_names import AGGREGATE
+    from mmvit.record_schema import StoredStudy, StoredTrial
     from mmvit.study.claims import state_label
     from mmvit.study.runner import status_rows
 
     loaded, trials = status_rows(study, studies_dir=studies_dir, storage=storage)
-    metric = loaded.user_attrs.get("spec", {}).get("metric", "ap_macro")
+    recorded = StoredStudy.from_study(loaded)
+    metric = (recorded.spec or {}).get("metric", "ap_macro")
     from rich import box
 
     table = Table("arm", "seed", "state", "epochs", "val", "AP micro", "AP macro", "F2", "HL", "host",
-                  title=f"{study} ({loaded.user_attrs.get('profile', '?')} profile)", box=box.SIMPLE_HEAD,
+                  title=f"{study} ({recorded.profile or '?'} profile)", box=box.SIMPLE_HEAD,
                   padding=(0, 1), caption=f"val: validation {metric}; AP micro … HL: test split at the "
                                           "best validation epoch")
     for column in table.columns:
         column.no_wrap = True
     fmt = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
     for trial in trials:
-        test = trial.user_attrs.get("test", {})
-        table.add_row(str(trial.user_attrs.get("arm")), str(trial.user_attrs.get("seed")), state_label(trial),
-                      str(len(trial.user_attrs.get("history", []))), fmt(trial.value),
-                      *(fmt(test.get(k)) for k in AGGREGATE),
-                      str(trial.user_attrs.get("host", "—")))  # on a cluster: where it runs or ran
+        stored = StoredTrial.from_trial(trial)
+        test = stored.test or {}
+        table.add_row(str(stored.arm), str(stored.seed), state_label(trial), str(len(stored.history or [])),
+                      fmt(trial.value), *(fmt(test.get(k)) for k in AGGREGATE),
+                      stored.host or "—")  # on a cluster: where it runs or ran
     console.print(table)

@@ -1,18 +1,23 @@
 """Optuna storages with known trials, written the way the study runner writes them.
 
 Used by the report tests and by ``benchmarks/report.py``. Only Optuna is used here (no runner,
-no torch): the storage contract — study and trial user attributes — is the interface under test.
+no torch): the storage contract — study and trial user attributes — is the interface under test,
+and the attributes are written through the runner's own record classes
+(:mod:`mmvit.record_schema`), so a key the runner renames is renamed here too.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
+
+from mmvit.record_schema import StoredArm, StoredSearchStudy, StoredStudy, StoredTrial, write_study as write_attrs
 
 CLASSES = [
     "Urban fabric", "Industrial or commercial units", "Arable land", "Permanent crops", "Pastures",
@@ -53,20 +58,18 @@ def final_trial(*, arm: str, arm_index: int, seed: int, state: TrialState = Tria
                 metric: str = "ap_macro") -> FrozenTrial:
     """A main-study trial of one arm × seed. COMPLETE trials carry the full result attributes."""
     curve = curve or []
-    attrs: dict[str, Any] = {"arm": arm, "arm_index": arm_index, "seed": seed, "phase": "final",
-                             "config": {"seed": seed}, "config_key": f"{arm_index}-{seed}",
-                             "history": history(curve, metric)}
+    record = StoredTrial.start(arm=arm, arm_index=arm_index, seed=seed, phase="final", config={"seed": seed},
+                               config_key=f"{arm_index}-{seed}", history=history(curve, metric), error=error)
     value = None
     if state == TrialState.COMPLETE:
         test = dict(test or {})
         best = max(range(len(curve)), key=lambda i: curve[i]) if curve else 0
         value = curve[best] if curve else test.get(metric, 0.5)
-        attrs.update({"validation": {metric: value}, "test": test, "ap_per_class_validation": per_class,
-                      "ap_per_class_test": per_class, "best_epoch": best + 1, "parameters": parameters,
-                      "samples_per_s": samples_per_s, "peak_memory_mb": 1000.0 + arm_index, "wall_s": wall_s,
-                      "epochs_run": len(curve), "device": "cpu", "class_counts": class_counts})
-    if error is not None:
-        attrs["error"] = error
+        record = replace(record, validation={metric: value}, test=test, ap_per_class_validation=per_class,
+                         ap_per_class_test=per_class, best_epoch=best + 1, parameters=parameters,
+                         samples_per_s=samples_per_s, peak_memory_mb=1000.0 + arm_index, wall_s=wall_s,
+                         epochs_run=len(curve), device="cpu", class_counts=class_counts)
+    attrs = record.to_attrs()
     finished = state != TrialState.RUNNING
     return FrozenTrial(number=0, state=state, value=value, datetime_start=start,
                        datetime_complete=(end or start + timedelta(minutes=30)) if finished else None,
@@ -78,11 +81,8 @@ def search_trial(*, arm: str, state: TrialState, params: dict[str, Any], curve: 
                  pruned_at: int | None = None, start: datetime = T0, minutes: float = 10.0,
                  metric: str = "ap_macro") -> FrozenTrial:
     """A search trial as ArmSearch records it: params with distributions, per-epoch values."""
-    attrs: dict[str, Any] = {"arm": arm, "seed": 0, "phase": "search", "history": history(curve, metric)}
-    if pruned_at is not None:
-        attrs["pruned_at_epoch"] = pruned_at
-    if state == TrialState.FAIL:
-        attrs["error"] = "RuntimeError: diverged"
+    attrs = StoredTrial.start(arm=arm, seed=0, phase="search", history=history(curve, metric), pruned_at_epoch=pruned_at,
+                              error="RuntimeError: diverged" if state == TrialState.FAIL else None).to_attrs()
     value = max(curve) if state == TrialState.COMPLETE and curve else None
     finished = state != TrialState.RUNNING
     return FrozenTrial(number=0, state=state, value=value, datetime_start=start,
@@ -100,25 +100,20 @@ def write_study(url: str, name: str, *, spec: dict[str, Any], arms: list[dict[st
     one search study per arm in ``search``."""
     storage = optuna.storages.RDBStorage(url)
     study = optuna.create_study(storage=storage, study_name=name, direction=direction)
-    attrs = {"spec": spec, "spec_hash": "0123456789abcdef", "archive": "/data/bigearthnet", "profile": profile,
-             "environment": {"versions": {"mmvit-study": "0.1.0", "optuna": optuna.__version__, "torch": "2.5.1"},
-                             "git_commit": "abc123def456"},
-             "arms": arms, "search_studies": [f"{name}/search/{arm}" for arm in (search or {})]}
-    if labels is not None:
-        attrs["labels"] = labels
-    if reference is not None:
-        attrs["reference"] = reference
-    if planned_seeds is not None:  # the runner records the seeds its profile trains
-        attrs["planned_seeds"] = planned_seeds
-    if archive_presence is not None:  # the runner records {split: [present, listed]}
-        attrs["archive_presence"] = archive_presence
-    for key, value in attrs.items():
-        study.set_user_attr(key, value)
+    compared = all("compare_with" in arm for arm in arms)
+    write_attrs(study, StoredStudy.identity(
+        spec=spec, spec_hash="0123456789abcdef", archive="/data/bigearthnet", profile=profile,
+        environment={"versions": {"mmvit-study": "0.1.0", "optuna": optuna.__version__, "torch": "2.5.1"},
+                     "git_commit": "abc123def456"},
+        arms=[StoredArm.from_attrs(arm) for arm in arms] if compared else None,
+        search_studies=[f"{name}/search/{arm}" for arm in (search or {})], labels=labels, reference=reference,
+        planned_seeds=planned_seeds, archive_presence=archive_presence))
+    if not compared:  # arms as studies stored before per-axis comparisons hold them (no compare_with)
+        study.set_user_attr("arms", arms)
     study.add_trials(trials)
-    for arm, arm_trials in (search or {}).items():
+    for index, (arm, arm_trials) in enumerate((search or {}).items()):
         child = optuna.create_study(storage=storage, study_name=f"{name}/search/{arm}", direction=direction)
-        child.set_user_attr("parent", name)
-        child.set_user_attr("arm", arm)
+        write_attrs(child, StoredSearchStudy.of(name, arm, index))
         child.add_trials(arm_trials)
 
 

@@ -21,8 +21,8 @@ GRACE = 2  # seconds without a heartbeat before a trial is stale, in these tests
 @pytest.fixture(params=["sqlite", "postgresql"])
 def study(request, tmp_path, monkeypatch) -> optuna.Study:
     url = f"sqlite:///{tmp_path / 'claims.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    monkeypatch.setattr(claims, "HEARTBEAT_S", 1)
-    monkeypatch.setattr(claims, "GRACE_S", GRACE)
+    monkeypatch.setattr(claims, "heartbeat_s", lambda: 1)
+    monkeypatch.setattr(claims, "grace_s", lambda: GRACE)
     storage = optuna.storages.RDBStorage(url, heartbeat_interval=1, grace_period=GRACE)
     yield optuna.create_study(storage=storage, study_name=f"claims-{uuid.uuid4().hex[:8]}")
     storage.engine.dispose()

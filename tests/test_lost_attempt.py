@@ -21,8 +21,8 @@ GRACE = 2  # seconds without a heartbeat before a trial is stale, in these tests
 
 @pytest.fixture
 def study(tmp_path, monkeypatch) -> optuna.Study:
-    monkeypatch.setattr(claims, "HEARTBEAT_S", 1)
-    monkeypatch.setattr(claims, "GRACE_S", GRACE)
+    monkeypatch.setattr(claims, "heartbeat_s", lambda: 1)
+    monkeypatch.setattr(claims, "grace_s", lambda: GRACE)
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'lost.db'}", heartbeat_interval=1,
                                          grace_period=GRACE)
     yield optuna.create_study(storage=storage, study_name=f"lost-{uuid.uuid4().hex[:8]}")

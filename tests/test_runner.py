@@ -236,6 +236,10 @@ def test_search_prunes_with_asha_per_arm_and_trains_each_arms_best(ray_session, 
     assert final["model.fusion=sct"].user_attrs["search_params"] == best_sct.params
     assert final["model.fusion=sct"].user_attrs["config"]["train"]["lr"] == best_sct.params["train.lr"]
     attrs = _study(tmp_path, "tuned").user_attrs
+    from mmvit.record_schema import SCHEMA_VERSION
+
+    assert attrs["schema"] == SCHEMA_VERSION and {t.user_attrs["schema"] for t in [*final.values(), *searched]} == {
+        SCHEMA_VERSION}, "the study and every trial it starts say which record schema they follow"
     assert attrs["search_studies"] == ["tuned/search/model.fusion=early", "tuned/search/model.fusion=sct"]
     assert [(a["baseline"], a["compare_with"], a["axis"]) for a in attrs["arms"]] == [
         (True, None, None), (False, "model.fusion=early", "model.fusion")], "the first listed fusion is the reference"

@@ -194,7 +194,7 @@ def test_bad_spec_is_refused_with_its_message(tmp_path, text, line, words):
 def test_validate_prints_the_plan(tmp_path):
     path = tmp_path / "good.yaml"
     path.write_text(GOOD)
-    result = runner.invoke(app, ["validate", str(path), "--train-patches", "1000"])
+    result = runner.invoke(app, ["validate", str(path), "--train-patches", "1000", "--data", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "4 arm(s) × 3 seed(s)" in result.output and "= 32 trial(s) (full profile)" in result.output
     assert "search trial(s) per arm on seed 10000" in result.output
@@ -216,6 +216,30 @@ def test_validate_plans_what_run_runs_in_the_profile_and_warns_below_three_seeds
     two = runner.invoke(app, ["validate", str(path)])
     assert two.exit_code == 0, two.output
     assert "Warning: 2 seed(s): fewer than three paired seeds, so no paired test will run" in " ".join(two.output.split())
+
+
+def test_validate_plans_the_profile_run_chooses(tmp_path, monkeypatch):
+    from mmvit.study.plan import plan_study
+    from mmvit.study.trial import QUICK_FINAL_TRIALS
+
+    monkeypatch.delenv("MMVIT_DATA", raising=False)
+    path = tmp_path / "good.yaml"
+    path.write_text(GOOD.replace("seeds: [0, 1, 2]", "seeds: [0, 1, 2, 3, 4, 5]"))
+    quick = plan_study(load_spec(path), profile="quick")
+    assert len(quick.seeds) == QUICK_FINAL_TRIALS // 4 < 6, "the quick profile keeps fewer seeds than the file"
+    demo = runner.invoke(app, ["validate", str(path)])
+    assert demo.exit_code == 0, demo.output
+    text = " ".join(demo.output.split())
+    assert "`run` trains on the demo archive in the quick profile" in text
+    assert f"4 arm(s) × {len(quick.seeds)} seed(s) {quick.seeds}" in text and "(quick profile)" in text
+    for chosen in (["--data", str(tmp_path)], ["--profile", "full"]):
+        full = runner.invoke(app, ["validate", str(path), *chosen])
+        assert "4 arm(s) × 6 seed(s)" in full.output and "(full profile)" in full.output, (chosen, full.output)
+        assert "demo archive" not in full.output
+    monkeypatch.setenv("MMVIT_DATA", str(tmp_path))
+    assert "(full profile)" in runner.invoke(app, ["validate", str(path)]).output, "as run: $MMVIT_DATA is an archive"
+    bad = runner.invoke(app, ["validate", str(path), "--profile", "fast"])
+    assert bad.exit_code == 1 and "--profile must be one of full, quick, smoke, but got 'fast'" in bad.output
 
 
 def test_the_search_seed_is_never_a_final_seed():

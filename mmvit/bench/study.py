@@ -60,6 +60,7 @@ def run_study_benchmark(epochs: int = 6, cpu: float = 1.0, data: str | None = No
     """Run the 12-arm study in a fresh folder and time ``run_study`` end to end, exactly as
     ``mmvit-study run`` calls it (spec checks, Ray start and shutdown included)."""
     from mmvit.data.loader import available_cpus
+    from mmvit.record_schema import StoredTrial
     from mmvit.study.runner import run_study
     from mmvit.study.storage import open_storage, storage_url
 
@@ -79,7 +80,7 @@ def run_study_benchmark(epochs: int = 6, cpu: float = 1.0, data: str | None = No
         trials = study.get_trials(states=(TrialState.COMPLETE,))
         starts = [t.datetime_start.timestamp() for t in trials]
         ends = [t.datetime_complete.timestamp() for t in trials]
-        own = [t.user_attrs["wall_s"] for t in trials]
+        own = [StoredTrial.from_trial(t).wall_s for t in trials]
         gaps = sum(end - start - w for start, end, w in zip(starts, ends, own))
         return StudyBenchmark(len(trials), slots, wall, own, min(starts) - epoch_started,
                               epoch_started + wall - max(ends), gaps)

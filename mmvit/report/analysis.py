@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from mmvit.report.records import INTERRUPTED, LOWER_IS_BETTER, METRICS, ArmRecord, StudyRecord, TrialRecord
+from mmvit.record_schema import INTERRUPTED
+from mmvit.report.records import LOWER_IS_BETTER, METRICS, ArmRecord, StudyRecord, TrialRecord
 from mmvit.report.stats import PairedTest, Summary, compared_tests, summarize
 
 

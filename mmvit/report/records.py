@@ -22,8 +22,7 @@ from sqlalchemy.exc import ArgumentError
 
 from mmvit.errors import StudyError
 from mmvit.metric_names import AGGREGATE, DISPLAY_NAMES, LOWER_IS_BETTER  # noqa: F401  (the report's readers take them from here)
-from mmvit.study import optuna_adapter
-from mmvit.study.claims import INTERRUPTED  # noqa: F401  (the report's readers take it from here)
+from mmvit.record_schema import StoredArm, StoredSearchStudy, StoredStudy, StoredTrial
 from mmvit.study.storage import open_storage, redact
 
 if TYPE_CHECKING:
@@ -223,37 +222,31 @@ def _optional_float(value: Any) -> float | None:
 
 
 def trial_record(trial: FrozenTrial, now: datetime, *, phase: str | None = None) -> TrialRecord:
-    attrs = trial.user_attrs
-    per_class = attrs.get("ap_per_class_test")
-    counts = attrs.get("class_counts")
-    seed = attrs.get("seed")
-    pruned = attrs.get("pruned_at_epoch")
+    stored = StoredTrial.from_trial(trial)
+    per_class, counts = stored.ap_per_class_test, stored.class_counts
     return TrialRecord(
-        number=trial.number, phase=phase or str(attrs.get("phase", "final")), state=trial.state.name,
-        arm=attrs.get("arm"), seed=int(seed) if seed is not None else None,
+        number=trial.number, phase=phase or stored.phase or "final", state=trial.state.name,
+        arm=stored.arm, seed=int(stored.seed) if stored.seed is not None else None,
         value=_optional_float(trial.value) if trial.values is not None else None,
-        test={k: as_float(v) for k, v in (attrs.get("test") or {}).items()},
-        validation={k: as_float(v) for k, v in (attrs.get("validation") or {}).items()},
+        test={k: as_float(v) for k, v in (stored.test or {}).items()},
+        validation={k: as_float(v) for k, v in (stored.validation or {}).items()},
         ap_per_class_test=[as_float(v) for v in per_class] if per_class is not None else None,
         class_counts=[int(c) for c in counts] if counts is not None else None,
-        history=list(attrs.get("history") or []), intermediate=dict(trial.intermediate_values),
-        params=dict(trial.params) or dict(attrs.get("search_params") or {}),
-        best_epoch=attrs.get("best_epoch"), parameters=_optional_float(attrs.get("parameters")),
-        samples_per_s=_optional_float(attrs.get("samples_per_s")),
-        peak_memory_mb=_optional_float(attrs.get("peak_memory_mb")),
-        seconds=_seconds(trial, attrs.get("wall_s"), now), error=attrs.get("error"),
-        pruned_at_epoch=int(pruned) if pruned is not None else None,
+        history=list(stored.history or []), intermediate=dict(trial.intermediate_values),
+        params=dict(trial.params) or dict(stored.search_params or {}),
+        best_epoch=stored.best_epoch, parameters=_optional_float(stored.parameters),
+        samples_per_s=_optional_float(stored.samples_per_s), peak_memory_mb=_optional_float(stored.peak_memory_mb),
+        seconds=_seconds(trial, stored.wall_s, now), error=stored.error,
+        pruned_at_epoch=int(stored.pruned_at_epoch) if stored.pruned_at_epoch is not None else None,
         started=trial.datetime_start, completed=trial.datetime_complete,
     )
 
 
-def _arms(study: optuna.Study, trials: list[TrialRecord], notes: list[str]) -> list[ArmRecord]:
-    recorded = study.user_attrs.get("arms") or []
+def _arms(recorded: list[StoredArm], trials: list[TrialRecord], notes: list[str]) -> list[ArmRecord]:
     if not recorded:
         notes.append("The study records no arms (user attribute `arms`): `mmvit-study run` has not reached it yet, "
                      "or another tool created the study. Arms are taken from the trials.")
-    arms = [ArmRecord(i, str(a["name"]), dict(a.get("labels") or {}), bool(a.get("baseline")),
-                      a.get("compare_with"), a.get("axis")) for i, a in enumerate(recorded)]
+    arms = [ArmRecord(i, a.name, a.labels, a.baseline, a.compare_with, a.axis) for i, a in enumerate(recorded)]
     known = {a.name for a in arms}
     extra = sorted({t.arm for t in trials if t.arm is not None and t.arm not in known})
     if extra:
@@ -287,7 +280,7 @@ def _lite(trial: FrozenTrial) -> FrozenTrial:
         number=trial.number, state=trial.state, value=None, values=trial.values,
         datetime_start=trial.datetime_start, datetime_complete=trial.datetime_complete,
         params=trial.params, distributions=trial.distributions, user_attrs={}, system_attrs={},
-        intermediate_values=trial.intermediate_values, trial_id=optuna_adapter.trial_id(trial))
+        intermediate_values=trial.intermediate_values, trial_id=trial.number)  # an in-memory copy: any id
 
 
 def _search(storage, names: list[str], existing: set[str], direction: str, now: datetime,
@@ -299,7 +292,7 @@ def _search(storage, names: list[str], existing: set[str], direction: str, now: 
             continue
         study = optuna.load_study(study_name=name, storage=storage)
         frozen = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
-        arm = str(study.user_attrs.get("arm") or name.rsplit("/search/", 1)[-1])
+        arm = str(StoredSearchStudy.from_study(study).arm or name.rsplit("/search/", 1)[-1])
         records = [trial_record(t, now, phase="search") for t in frozen]
         for record in records:
             record.arm = record.arm or arm
@@ -320,21 +313,21 @@ def load_study_record(study_name: str, storage_url: str) -> StudyRecord:
                          "(--storage URL).")
     study = optuna.load_study(study_name=study_name, storage=storage)
     now = datetime.now()
-    attrs = study.user_attrs
+    recorded = StoredStudy.from_study(study)
     notes: list[str] = []
     trials = [trial_record(t, now) for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
     trials = [t for t in trials if t.phase != "search"]
-    arms = _arms(study, trials, notes)
-    per_axis = any("compare_with" in a for a in attrs.get("arms") or [])
+    arms = _arms(recorded.arms or [], trials, notes)
+    per_axis = recorded.arms_compared
     baseline = next((a for a in arms if a.baseline), None)
     assumed = baseline is None and bool(arms)
     if assumed:
         baseline = arms[0]
-    ablate = (attrs.get("spec") or {}).get("ablate")
-    mixed = bool(attrs.get("arms")) and isinstance(ablate, dict) and len(ablate) > 1  # a note only where it mattered
+    ablate = (recorded.spec or {}).get("ablate")
+    mixed = bool(recorded.arms) and isinstance(ablate, dict) and len(ablate) > 1  # a note only where it mattered
     arms = _comparisons(arms, baseline, per_axis, notes if mixed else [])
     baseline = arms[baseline.index] if baseline is not None else None
-    labels = attrs.get("labels")
+    labels = recorded.labels
     if not labels:
         width = max((len(t.ap_per_class_test or []) for t in trials), default=0)
         labels = [f"class {i + 1}" for i in range(width)]
@@ -342,11 +335,11 @@ def load_study_record(study_name: str, storage_url: str) -> StudyRecord:
             notes.append("The study records no class names (user attribute `labels`): classes are numbered.")
     direction = study.direction.name.lower()
     return StudyRecord(
-        name=study_name, storage=redact(storage_url), direction=direction, spec=dict(attrs.get("spec") or {}),
-        spec_hash=attrs.get("spec_hash"), archive=attrs.get("archive"), profile=attrs.get("profile"),
-        archive_presence=attrs.get("archive_presence"),
-        environment=dict(attrs.get("environment") or {}), class_names=[str(x) for x in labels],
-        reference=attrs.get("reference") or None, arms=arms, baseline=baseline, baseline_assumed=assumed,
-        trials=trials, search=_search(storage, list(attrs.get("search_studies") or []), names, direction, now, notes),
+        name=study_name, storage=redact(storage_url), direction=direction, spec=dict(recorded.spec or {}),
+        spec_hash=recorded.spec_hash, archive=recorded.archive, profile=recorded.profile,
+        archive_presence=recorded.archive_presence,
+        environment=dict(recorded.environment or {}), class_names=[str(x) for x in labels],
+        reference=recorded.reference or None, arms=arms, baseline=baseline, baseline_assumed=assumed,
+        trials=trials, search=_search(storage, list(recorded.search_studies or []), names, direction, now, notes),
         loaded_at=now, notes=notes, per_axis=per_axis,
-        planned_seeds=[int(x) for x in attrs["planned_seeds"]] if attrs.get("planned_seeds") is not None else None)
+        planned_seeds=[int(x) for x in recorded.planned_seeds] if recorded.planned_seeds is not None else None)

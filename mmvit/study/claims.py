@@ -24,19 +24,35 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from mmvit.errors import StudyError
+from mmvit.record_schema import INTERRUPTED, StoredTrial, write_trial
 from mmvit.study import optuna_adapter
 from mmvit.study.resilient_storage import running_without_heartbeat
 
 log = logging.getLogger(__name__)
 
-INTERRUPTED = "interrupted"  # error prefix of trials that did not fail on their own: they run again
-HEARTBEAT_S = max(1, int(os.environ.get("MMVIT_HEARTBEAT_S", "5")))
-GRACE_S = 4 * HEARTBEAT_S  # no heartbeat for this long: the trial's driver (or worker) is gone
+
+
+def heartbeat_s() -> int:
+    """Seconds between a running trial's heartbeats: ``$MMVIT_HEARTBEAT_S`` (default 5), read when
+    asked, not at import, so a test or a cluster worker (Ray hands it the driver's MMVIT_*
+    settings) sees the value of its own environment."""
+    value = os.environ.get("MMVIT_HEARTBEAT_S", "5")
+    try:
+        return max(1, int(value))
+    except ValueError:
+        raise StudyError(f"$MMVIT_HEARTBEAT_S must be a whole number of seconds, but it is {value!r}. "
+                         "Set it to 5 (the default) or unset it.") from None
+
+
+def grace_s() -> int:
+    """No heartbeat for this long: the trial's driver (or worker) is gone."""
+    return 4 * heartbeat_s()
 
 
 def was_interrupted(trial: FrozenTrial) -> bool:
     """FAIL only because its driver stopped (Ctrl-C, a kill): not a failure, it runs again."""
-    return trial.state == TrialState.FAIL and str(trial.user_attrs.get("error", "")).startswith(INTERRUPTED)
+    return trial.state == TrialState.FAIL and str(StoredTrial.from_trial(trial).error or "").startswith(INTERRUPTED)
 
 
 def state_label(trial: FrozenTrial) -> str:
@@ -50,10 +66,11 @@ def new_driver_id() -> str:
 
 
 class Heartbeats:
-    """A daemon thread recording a heartbeat every ``HEARTBEAT_S`` for a changing set of trials."""
+    """A daemon thread recording a heartbeat every :func:`heartbeat_s` for a changing set of trials."""
 
     def __init__(self, storage: optuna.storages.RDBStorage, trial_ids: tuple[int, ...] = ()) -> None:
         self.storage = storage
+        self.interval = heartbeat_s()
         self.trial_ids: set[int] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -71,7 +88,7 @@ class Heartbeats:
             self.trial_ids.discard(trial_id)
 
     def _beat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_S):
+        while not self._stop.wait(self.interval):
             with self._lock:
                 ids = sorted(self.trial_ids)
             for trial_id in ids:
@@ -86,7 +103,7 @@ class Heartbeats:
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        self._thread.join(timeout=HEARTBEAT_S + 5)
+        self._thread.join(timeout=self.interval + 5)
 
 
 def stale_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -95,7 +112,7 @@ def stale_trials(study: optuna.Study) -> list[FrozenTrial]:
     storage, study_id = optuna_adapter.study_storage(study), optuna_adapter.study_id(study)
     stale = set(optuna_adapter.stale_trial_ids(storage, study_id))
     silent = running_without_heartbeat(storage, study_id)
-    oldest = datetime.now() - timedelta(seconds=GRACE_S)
+    oldest = datetime.now() - timedelta(seconds=grace_s())
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     return [t for t in running if (trial_id := optuna_adapter.trial_id(t)) in stale
             or (trial_id in silent and t.datetime_start is not None and t.datetime_start < oldest)]
@@ -104,7 +121,7 @@ def stale_trials(study: optuna.Study) -> list[FrozenTrial]:
 def interrupt(storage: optuna.storages.BaseStorage, trial_id: int, why: str) -> bool:
     """RUNNING → FAIL with ``interrupted: why`` (it runs again); False if it finished meanwhile."""
     try:
-        storage.set_trial_user_attr(trial_id, "error", f"{INTERRUPTED}: {why}")
+        write_trial(storage, trial_id, StoredTrial(error=f"{INTERRUPTED}: {why}"))
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
         return True
     except UpdateFinishedTrialError:  # it finished, or another driver got there first
@@ -121,7 +138,7 @@ def release_own(study: optuna.Study, driver: str) -> int:
     """This driver's trials still RUNNING once its Tuner returned (Ctrl-C, a crashed worker) →
     interrupted; another driver's live trials are left alone."""
     mine = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if t.user_attrs.get("driver") == driver]
+            if StoredTrial.from_trial(t).driver == driver]
     storage = optuna_adapter.study_storage(study)
     return sum(interrupt(storage, optuna_adapter.trial_id(t), "its driver stopped") for t in mine)
 
@@ -132,15 +149,11 @@ def live_running(study: optuna.Study) -> list[FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if optuna_adapter.trial_id(t) not in stale]
 
 
-def _point(trial: FrozenTrial) -> tuple:
-    return trial.user_attrs.get("arm"), trial.user_attrs.get("seed")
-
-
 def holders(study: optuna.Study, point: tuple, *, before: int | None = None) -> list[FrozenTrial]:
     """Trials that hold ``point``: COMPLETE, or RUNNING and live (numbered below ``before``)."""
     live = {optuna_adapter.trial_id(t) for t in live_running(study)}
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-            if _point(t) == point and (t.state == TrialState.COMPLETE or optuna_adapter.trial_id(t) in live)
+            if StoredTrial.from_trial(t).point == point and (t.state == TrialState.COMPLETE or optuna_adapter.trial_id(t) in live)
             and (before is None or t.number < before or t.state == TrialState.COMPLETE)]
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from mmvit.record_schema import StoredStudy
 from mmvit.study.storage import open_storage
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ def finished_trials(url: str, study_name: str) -> int:
     storage = open_storage(url)
     main = optuna.load_study(study_name=study_name, storage=storage)
     count = len(main.get_trials(deepcopy=False, states=FINISHED))
-    for name in main.user_attrs.get("search_studies", []):
+    for name in StoredStudy.from_study(main).search_studies or []:
         try:
             count += len(optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False, states=FINISHED))
         except KeyError:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from mmvit.study.arms import Arm
@@ -52,6 +53,23 @@ class StudyPlan:
         if any(f is None for f in flops):
             return None
         return sum(flops) / (REFERENCE_TFLOPS * 1e12) / 3600
+
+
+def data_source(spec: StudySpec, data: str | None = None) -> str | None:
+    """The archive ``run`` trains on: ``--data`` > ``$MMVIT_DATA`` > ``data.root`` of the study file;
+    None means the demo archive."""
+    return data or os.environ.get("MMVIT_DATA") or spec.base.get("data", {}).get("root")
+
+
+def choose_profile(spec: StudySpec, profile: str | None = None, data: str | None = None) -> str:
+    """The profile ``run`` uses, so that ``validate`` plans the same run: the one asked for, else
+    ``full`` on a real archive and ``quick`` on the demo archive."""
+    from mmvit.errors import SpecError
+    from mmvit.study.trial import PROFILES
+
+    if profile is not None and profile not in PROFILES:
+        raise SpecError(f"--profile must be one of {', '.join(PROFILES)}, but got {profile!r}.")
+    return profile or ("full" if data_source(spec, data) else "quick")
 
 
 def plan_study(spec: StudySpec, train_patches: int | None = None, *, profile: str = "full") -> StudyPlan:

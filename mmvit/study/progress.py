@@ -17,6 +17,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from mmvit.record_schema import StoredStudy, StoredTrial
 from mmvit.study.claims import was_interrupted
 from mmvit.study.storage import open_storage, redact
 
@@ -41,12 +42,13 @@ def snapshot(url: str, study_name: str, seeds: int, better) -> Snapshot:
     """Counts by state per arm, best validation value so far, finished trials' durations."""
     storage = open_storage(url)
     main = optuna.load_study(study_name=study_name, storage=storage)
-    names = [a["name"] for a in main.user_attrs.get("arms", [])]
+    recorded = StoredStudy.from_study(main)
+    names = [a.name for a in recorded.arms or []]
     arms = {name: ArmProgress(name) for name in names}
     seconds: list[float] = []
 
     def add(trial, counter_of) -> None:
-        arm = arms.get(trial.user_attrs.get("arm"))
+        arm = arms.get(StoredTrial.from_trial(trial).arm)
         if arm is None or was_interrupted(trial):  # not a failure: the point runs again
             return
         counter_of(arm)[trial.state.name] += 1
@@ -57,7 +59,7 @@ def snapshot(url: str, study_name: str, seeds: int, better) -> Snapshot:
 
     for trial in main.get_trials(deepcopy=False):
         add(trial, lambda a: a.final)
-    for name in main.user_attrs.get("search_studies", []):
+    for name in recorded.search_studies or []:
         try:
             search = optuna.load_study(study_name=name, storage=storage)
         except KeyError:

@@ -282,12 +282,14 @@ class ResilientStorage(CacheCallRoutes, RDBStorage):
     def _void_duplicate(self, trial_id: int, kept: int) -> None:
         """A creation committed twice (retried after its connection dropped): the copy nobody was
         handed would hold its grid point without anyone running it, so it ends interrupted."""
-        from mmvit.study.claims import INTERRUPTED
+        from mmvit.record_schema import INTERRUPTED, StoredTrial
 
         if RDBStorage.get_trial(self, trial_id).state.is_finished():
             return
-        RDBStorage.set_trial_user_attr(self, trial_id, "error", f"{INTERRUPTED}: a second copy of trial id {kept}, "
-                                       "created by a write retried after the database connection dropped")
+        error = StoredTrial(error=f"{INTERRUPTED}: a second copy of trial id {kept}, created by a write retried "
+                                  "after the database connection dropped")
+        for key, value in error.to_attrs().items():  # RDBStorage's own call: this runs inside a retry
+            RDBStorage.set_trial_user_attr(self, trial_id, key, value)
         try:
             RDBStorage.set_trial_state_values(self, trial_id, TrialState.FAIL)
         except UpdateFinishedTrialError:

@@ -28,16 +28,18 @@ import optuna
 from optuna.trial import TrialState
 
 from mmvit.errors import SpecError, StudyError
+from mmvit.record_schema import StoredArm, StoredSearchStudy, StoredStudy, StoredTrial, write_study
 from mmvit.study.arms import Arm, comparisons
 from mmvit.study.cluster import use_cluster_token
-from mmvit.study.claims import (HEARTBEAT_S, Heartbeats, fail_stale, live_running, new_driver_id, release_own,
+from mmvit.study.claims import (Heartbeats, heartbeat_s, fail_stale, live_running, new_driver_id, release_own,
                                  was_interrupted)
+from mmvit.study.paths import StudyPaths
+from mmvit.study.plan import choose_profile, data_source
 from mmvit.study.resilient_storage import raise_if_storage_lost
-from mmvit.study.shared_path import join, resolve_root
 from mmvit.study.search import best_params, prepare_arm_search, search_study_name
-from mmvit.study.spec import StudySpec, load_spec
+from mmvit.study.spec import StudyFile, StudySpec, read_study
 from mmvit.study.stopping import StopRequest
-from mmvit.study.storage import ensure_study, open_storage, redact, storage_url
+from mmvit.study.storage import ensure_study, open_storage, redact
 from mmvit.study.trial import (PROFILES, QUICK_PROFILE, StudyJob, config_key, profile_overrides,  # noqa: F401
                                profile_plan, run_trial)
 
@@ -66,21 +68,18 @@ class RunSummary:
 def resolve_data(data: str | None, spec: StudySpec, profile: str | None) -> tuple[str | None, str, str]:
     """(data root for the trials, archive identity, profile). ``--data`` > ``$MMVIT_DATA`` >
     ``data.root`` in the study file > the demo archive (quick profile unless told otherwise)."""
-    if profile is not None and profile not in PROFILES:
-        raise SpecError(f"--profile must be one of {', '.join(PROFILES)}, but got {profile!r}.")
-    data = data or os.environ.get("MMVIT_DATA") or spec.base.get("data", {}).get("root")
+    profile = choose_profile(spec, profile, data)
+    data = data_source(spec, data)
     if data is None:
         from mmvit.data.demo import ensure_demo_archive
 
         archive = str(ensure_demo_archive())
-        profile = profile or "quick"
         log.warning("No --data, $MMVIT_DATA or data.root: using the demo archive at %s (%s profile).",
                     archive, profile)
         return None, archive, profile
     from mmvit.data.archive import open_archive
 
     archive = str(Path(open_archive(data).root).resolve())  # Ray trials run in another folder
-    profile = profile or "full"
     return archive, archive, profile
 
 
@@ -116,16 +115,13 @@ def record_identity(study: optuna.Study, job: StudyJob) -> None:
         index = baseline_index(job.spec, job)
         default = job.arms[index].name if index is not None else None
     compared = comparisons(job.spec.ablate, job.spec.baseline, default=default)
-    study.set_user_attr("arms", [{"name": arm.name, "labels": arm.labels, "settings": arm.settings,
-                                  "baseline": compared[arm.name].compare_with is None,
-                                  "compare_with": compared[arm.name].compare_with, "axis": compared[arm.name].axis}
-                                 for arm in job.arms])
-    study.set_user_attr("labels", list(LABELS_19))
-    study.set_user_attr("planned_seeds", profile_plan(job.spec, job.profile)[0])
-    study.set_user_attr("search_studies", [search_study_name(job.spec, a.name) for a in job.arms]
-                        if job.spec.search else [])
-    if job.spec.reference:
-        study.set_user_attr("reference", job.spec.reference.model_dump(mode="json"))
+    arms = [StoredArm(arm.name, arm.labels, arm.settings, baseline=compared[arm.name].compare_with is None,
+                      compare_with=compared[arm.name].compare_with, axis=compared[arm.name].axis)
+            for arm in job.arms]
+    write_study(study, StoredStudy(
+        arms=arms, labels=list(LABELS_19), planned_seeds=profile_plan(job.spec, job.profile)[0],
+        search_studies=[search_study_name(job.spec, a.name) for a in job.arms] if job.spec.search else [],
+        reference=job.spec.reference.model_dump(mode="json") if job.spec.reference else None))
 
 
 def remaining_points(study: optuna.Study, arms: list[Arm], seeds: list[int], *,
@@ -135,12 +131,12 @@ def remaining_points(study: optuna.Study, arms: list[Arm], seeds: list[int], *,
     fail_stale(study)
     done, failed = set(), set()
     for trial in study.get_trials(deepcopy=False):
-        point = (trial.user_attrs.get("arm"), trial.user_attrs.get("seed"))
+        point = StoredTrial.from_trial(trial).point
         if trial.state == TrialState.COMPLETE:
             done.add(point)
         elif trial.state == TrialState.FAIL and not retry_failed and not was_interrupted(trial):
             failed.add(point)
-    running = {(t.user_attrs.get("arm"), t.user_attrs.get("seed")) for t in live_running(study)}
+    running = {StoredTrial.from_trial(t).point for t in live_running(study)}
     todo, elsewhere = [], []
     for index, arm in enumerate(arms):
         for seed in seeds:
@@ -167,20 +163,18 @@ def longest_first(job: StudyJob, todo: list[tuple[int, int]], params: dict) -> l
 
 def failures(study: optuna.Study) -> list[str]:
     """``arm seed N: error`` of each final point whose last attempt failed (and none completed)."""
-    trials = study.get_trials(deepcopy=False)
-    complete = {(t.user_attrs.get("arm"), t.user_attrs.get("seed")) for t in trials if t.state == TrialState.COMPLETE}
-    return [f"{t.user_attrs.get('arm')} seed {t.user_attrs.get('seed')}: {t.user_attrs.get('error')}"
-            for t in trials if t.state == TrialState.FAIL
-            and not was_interrupted(t)
-            and (t.user_attrs.get("arm"), t.user_attrs.get("seed")) not in complete]
+    trials = [(t, StoredTrial.from_trial(t)) for t in study.get_trials(deepcopy=False)]
+    complete = {stored.point for t, stored in trials if t.state == TrialState.COMPLETE}
+    return [f"{stored.arm} seed {stored.seed}: {stored.error}" for t, stored in trials
+            if t.state == TrialState.FAIL and not was_interrupted(t) and stored.point not in complete]
 
 
 def failed_before_storage(grid, job: StudyJob, study: optuna.Study) -> dict[tuple[str, int], str]:
     """Final trials that raised before they had a trial in storage (a node that cannot reach the
     database, say): ``(arm, seed) → error``. They are not run again by this driver — the loop
     would retry them forever — and the summary names them."""
-    stored = {(t.user_attrs.get("arm"), t.user_attrs.get("seed")) for t in study.get_trials(deepcopy=False)
-              if t.user_attrs.get("driver") == job.driver}
+    stored = {record.point for t in study.get_trials(deepcopy=False)
+              if (record := StoredTrial.from_trial(t)).driver == job.driver}
     out = {}
     for result in grid:
         point = (result.config or {}).get("point")
@@ -324,9 +318,7 @@ def run_search(job: StudyJob, retry_failed: bool, verbose: bool, stop: StopReque
     for index, arm in enumerate(job.arms):
         study = optuna.create_study(storage=storage, study_name=search_study_name(spec, arm.name),
                                     direction=spec.direction, load_if_exists=True)
-        study.set_user_attr("parent", spec.study)
-        study.set_user_attr("arm", arm.name)
-        study.set_user_attr("arm_index", index)
+        write_study(study, StoredSearchStudy.of(spec.study, arm.name, index))
         used = prepare_arm_search(study, retry_failed)
         stored[index], studies[index] = len(study.trials), study
         if per_arm > used:
@@ -356,7 +348,7 @@ def run_search(job: StudyJob, retry_failed: bool, verbose: bool, stop: StopReque
 def finished_by(study: optuna.Study, driver: str) -> int:
     """Trials ``driver`` ran to an end of their own (COMPLETE, PRUNED, or failed for real)."""
     return sum(1 for t in study.get_trials(deepcopy=False)
-               if t.user_attrs.get("driver") == driver and t.state.is_finished()
+               if StoredTrial.from_trial(t).driver == driver and t.state.is_finished()
                and not was_interrupted(t))
 
 
@@ -377,7 +369,104 @@ def searched_parameters(job: StudyJob) -> tuple[dict[int, dict], set[int], list[
     return params, busy, unsearched
 
 
-def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str | None = None,
+class StudyDriver:
+    """One driver's pass over a study, phase by phase: :meth:`search` (each arm's parameters),
+    :meth:`final` (every arm × seed with them), :meth:`wait_for_others` (points another driver
+    runs) until the study is done or the user stops, then :meth:`summary`. Storage says what
+    is left at every step, so the same loop resumes a study and shares one with other drivers."""
+
+    def __init__(self, job: StudyJob, study: optuna.Study, stop: StopRequest, *, retry_failed: bool,
+                 verbose: bool) -> None:
+        self.job, self.study, self.stop, self.verbose = job, study, stop, verbose
+        self.retry_failed = retry_failed
+        """Once per run: a point that fails again is left for the next run."""
+        self.seeds = profile_plan(job.spec, job.profile)[0]
+        self.searched = 0
+        self.released = 0
+        self.already_done: int | None = None
+        self.unsearched: list[str] = []
+        self.unrecorded: dict[tuple[str, int], str] = {}
+        """Points whose trial failed before it reached storage: not run again by this driver."""
+        self._told_waiting = False
+
+    @property
+    def planned(self) -> int:
+        return len(self.job.arms) * len(self.seeds)
+
+    def run(self) -> None:
+        while not self.stop.requested and self.step():
+            pass
+
+    def step(self) -> bool:
+        """One pass: search, then the final points left (or wait for another driver's). False
+        when the study is done, or this driver must stop (Ctrl-C, trials it had to release)."""
+        params, busy = {}, set()
+        if self.job.spec.search:
+            searched = self.search()
+            if searched is None:
+                return False
+            params, busy = searched
+        todo, elsewhere = self.plan(params)
+        if todo:
+            return self.final(todo, params)
+        if elsewhere or busy:
+            self.wait_for_others(len(elsewhere) + len(busy))
+            return True
+        return False
+
+    def search(self) -> tuple[dict[int, dict], set[int]] | None:
+        """Run what is left of every arm's search; (best parameters of each arm whose search is
+        over, arms another driver still searches), or None when this driver must stop."""
+        ran, self.released = run_search(self.job, self.retry_failed, self.verbose, self.stop)
+        self.searched += ran
+        if self.released or self.stop.requested:
+            return None
+        params, busy, self.unsearched = searched_parameters(self.job)
+        return params, busy
+
+    def plan(self, params: dict[int, dict]) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """(final points this driver runs now, points a live trial of another driver runs)."""
+        todo, elsewhere, done = remaining_points(self.study, self.job.arms, self.seeds, retry_failed=self.retry_failed)
+        self.already_done = done if self.already_done is None else self.already_done
+        self.retry_failed = False
+        todo = [(i, seed) for i, seed in todo if (not self.job.spec.search or i in params)
+                and (self.job.arms[i].name, seed) not in self.unrecorded]
+        return longest_first(self.job, todo, params) if todo else [], elsewhere
+
+    def final(self, todo: list[tuple[int, int]], params: dict[int, dict]) -> bool:
+        """Train ``todo`` to full length; False when this driver must stop."""
+        from ray import tune
+
+        points = [{"arm": i, "seed": seed, "params": params.get(i), "search": None} for i, seed in todo]
+        tuner = _tuner(self.job, "final", self.verbose, max_failures=LOST_WORKER_RETRIES,
+                       param_space={"point": tune.grid_search(points)})
+        if self.stop.requested:  # a Ctrl-C since the last check: no fit was running to hear it
+            return False
+        grid = tuner.fit()
+        self.unrecorded.update(failed_before_storage(grid, self.job, self.study))
+        self.released = release_own(self.study, self.job.driver)
+        raise_if_storage_lost(grid)
+        return not self.released
+
+    def wait_for_others(self, count: int) -> None:
+        if not self._told_waiting:
+            log.warning("Another driver runs %d trial(s) of this study: waiting for them (their trials are taken "
+                        "over if that driver stops).", count)
+            self._told_waiting = True
+        self.stop.sleep(heartbeat_s())
+
+    def summary(self, seconds: float, report: Path | None) -> RunSummary:
+        job, study = self.job, self.study
+        complete = [StoredTrial.from_trial(t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+        by_others = sum(1 for t in complete if t.driver != job.driver) - (self.already_done or 0)
+        failed = failures(study) + [f"{arm} seed {seed}: {error}" for (arm, seed), error in self.unrecorded.items()]
+        left = max(0, self.planned - len({t.point for t in complete}) - len(failed))
+        return RunSummary(self.planned, self.already_done or 0, finished_by(study, job.driver), failed, seconds,
+                          self.released, self.searched, tuple(self.unsearched), report, max(0, by_others), left,
+                          self.stop.requested and left > 0)
+
+
+def run_study(path: Path | StudyFile, *, studies_dir: Path = Path("studies"), storage: str | None = None,
               data: str | None = None, profile: str | None = None, address: str | None = None,
               retry_failed: bool = False, verbose: bool = False, console=None,
               reports_dir: Path | None = Path("reports"), storage_path: str | None = None,
@@ -392,86 +481,43 @@ def run_study(path: Path, *, studies_dir: Path = Path("studies"), storage: str |
     ``require_complete`` refuses an archive with patches missing from disk."""
     started = time.time()
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
-    spec = load_spec(path, check_models=False)  # the schema at once; the models while Ray starts
+    study_file = path if isinstance(path, StudyFile) else read_study(path, check_models=False)
+    spec = study_file.spec  # the schema at once; the models while Ray starts
     data_root, archive, profile = resolve_data(data, spec, profile)
-    url = storage_url(spec.study, studies_dir, storage)
+    paths = StudyPaths(spec.study, Path(studies_dir), Path(reports_dir or "reports"), storage_path)
+    url = paths.storage_url(storage)
     log.info("Study %s in %s", spec.study, redact(url))
     with ExitStack() as session:
         # Importing torch and timm and building each arm's model on the meta device takes as long
         # as starting Ray: do both at once (ray.init must stay on the main thread).
         pool = session.enter_context(ThreadPoolExecutor(1, thread_name_prefix="mmvit-spec"))
-        checked = pool.submit(load_spec, path)
+        checked = pool.submit(study_file.check_models)
         presence = pool.submit(archive_presence, archive, require_complete=require_complete)
         session.enter_context(ray_session(address, verbose))
-        spec, counts = checked.result(), presence.result()
-        study, additions = ensure_study(open_storage(url), spec, source=str(path), archive=archive, profile=profile)
-        study.set_user_attr("archive_presence", counts)
+        checked.result()
+        counts = presence.result()  # both refuse before the study is created
+        study, additions = ensure_study(open_storage(url), spec, source=study_file.source, archive=archive,
+                                        profile=profile)
+        write_study(study, StoredStudy(archive_presence=counts))
         if additions:
             log.warning("The study grows by %s.", ", ".join(additions))
-        root = resolve_root(storage_path, studies_dir)
         resources = trial_resources(spec, cpus_per_trial, gpus_per_trial)
         log.info("Trials of this run: %s.", describe_resources(resources))
-        job = StudyJob(spec, url, profile, data_root, join(root, spec.study, "checkpoints"), spec.arms,
-                       driver=new_driver_id(), ray_results=join(root, spec.study, "ray"), resources=resources,
-                       overrides=profile_overrides(spec, profile))
+        job = StudyJob(spec, url, profile, data_root, paths.checkpoints, spec.arms, driver=new_driver_id(),
+                       ray_results=paths.ray_results, resources=resources, overrides=profile_overrides(spec, profile))
         record_identity(study, job)
-        seeds = profile_plan(spec, profile)[0]
-        planned = len(job.arms) * len(seeds)
         from mmvit.study.live_report import LiveReport
 
-        live_report = LiveReport(url, spec.study, reports_dir / spec.study) if reports_dir else None
-        searched, released, already_done, unsearched, told_waiting = 0, 0, None, [], False
-        unrecorded: dict[tuple[str, int], str] = {}  # points whose trial failed before it reached storage
+        live_report = LiveReport(url, spec.study, paths.report) if reports_dir else None
         session.enter_context(_live_view(job, console))
         if live_report:
             session.enter_context(live_report)
         check_resources(job.resources)
         warn_unshared(storage_path)
-        stop = session.enter_context(StopRequest())
-        while not stop.requested:
-            params, busy = {}, set()
-            if spec.search:
-                ran_now, released = run_search(job, retry_failed, verbose, stop)
-                searched += ran_now
-                if released or stop.requested:
-                    break
-                params, busy, unsearched = searched_parameters(job)
-            todo, elsewhere, done = remaining_points(study, job.arms, seeds, retry_failed=retry_failed)
-            already_done = done if already_done is None else already_done
-            retry_failed = False  # once per run: a point that fails again is left for the next run
-            todo = [(i, seed) for i, seed in todo if (not spec.search or i in params)
-                    and (job.arms[i].name, seed) not in unrecorded]
-            if todo:
-                todo = longest_first(job, todo, params)
-                points = [{"arm": i, "seed": seed, "params": params.get(i), "search": None} for i, seed in todo]
-                from ray import tune
-
-                tuner = _tuner(job, "final", verbose, max_failures=LOST_WORKER_RETRIES,
-                               param_space={"point": tune.grid_search(points)})
-                if stop.requested:  # a Ctrl-C since the last check: no fit was running to hear it
-                    break
-                grid = tuner.fit()
-                unrecorded.update(failed_before_storage(grid, job, study))
-                released = release_own(study, job.driver)
-                raise_if_storage_lost(grid)
-                if released:
-                    break
-            elif elsewhere or busy:
-                if not told_waiting:
-                    log.warning("Another driver runs %d trial(s) of this study: waiting for them (their "
-                                "trials are taken over if that driver stops).", len(elsewhere) + len(busy))
-                    told_waiting = True
-                stop.sleep(HEARTBEAT_S)
-            else:
-                break
-    ran = finished_by(study, job.driver)
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    by_others = sum(1 for t in complete if t.user_attrs.get("driver") != job.driver) - (already_done or 0)
-    failed = failures(study) + [f"{arm} seed {seed}: {error}" for (arm, seed), error in unrecorded.items()]
-    left = max(0, planned - len({(t.user_attrs.get("arm"), t.user_attrs.get("seed")) for t in complete}) - len(failed))
-    return RunSummary(planned, already_done or 0, ran, failed, time.time() - started, released,
-                      searched, tuple(unsearched), live_report.index if live_report else None,
-                      max(0, by_others), left, stop.requested and left > 0)
+        driver = StudyDriver(job, study, session.enter_context(StopRequest()), retry_failed=retry_failed,
+                             verbose=verbose)
+        driver.run()
+    return driver.summary(time.time() - started, live_report.index if live_report else None)
 
 
 def concurrency(job: StudyJob) -> int:
@@ -502,14 +548,13 @@ def _live_view(job: StudyJob, console) -> Iterator[None]:
 
 def status_rows(study_name: str, *, studies_dir: Path = Path("studies"), storage: str | None = None):
     """(arm, seed, state, validation metric, test metrics) per trial, from storage only."""
-    default = studies_dir / study_name / "optuna.db"
-    if storage is None and not default.is_file():
-        raise StudyError(f"No study {study_name!r} in {studies_dir}: {default} does not exist. "
-                         "Pass --studies-dir or --storage.")
-    url = storage or f"sqlite:///{default.resolve()}"
+    url = StudyPaths(study_name, studies_dir).existing_storage_url(storage)
     try:
         study = optuna.load_study(study_name=study_name, storage=open_storage(url))
     except KeyError:
         raise StudyError(f"The storage {redact(url)} has no study {study_name!r}.") from None
-    return study, sorted(study.get_trials(deepcopy=False),
-                         key=lambda t: (t.user_attrs.get("arm_index", 0), t.user_attrs.get("seed", 0), t.number))
+    def order(trial) -> tuple[int, int, int]:
+        stored = StoredTrial.from_trial(trial)
+        return stored.arm_index or 0, stored.seed or 0, trial.number
+
+    return study, sorted(study.get_trials(deepcopy=False), key=order)

@@ -33,6 +33,7 @@ from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 
+from mmvit.record_schema import StoredTrial, write_trial
 from mmvit.study.claims import Heartbeats, fail_stale, interrupt, live_running, was_interrupted
 from mmvit.study.spec import SearchParam, StudySpec
 from mmvit.study import optuna_adapter
@@ -72,7 +73,7 @@ def counts_as_done(trial: optuna.trial.FrozenTrial, retry_failed: bool) -> bool:
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
     if trial.state == TrialState.FAIL:
-        return not (was_interrupted(trial) or trial.user_attrs.get("retried") or retry_failed)
+        return not (was_interrupted(trial) or StoredTrial.from_trial(trial).retried or retry_failed)
     return False
 
 
@@ -84,11 +85,12 @@ def prepare_arm_search(study: optuna.Study, retry_failed: bool) -> int:
     again = fail_stale(study)
     if retry_failed:
         again += [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                  if not t.user_attrs.get("retried") and not was_interrupted(t)]
+                  if not StoredTrial.from_trial(t).retried and not was_interrupted(t)]
     for trial in again:
         if trial.params:
-            storage.set_trial_user_attr(optuna_adapter.trial_id(trial), "retried", True)
-            study.enqueue_trial(trial.params, user_attrs={"resumes": trial.number}, skip_if_exists=False)
+            write_trial(storage, optuna_adapter.trial_id(trial), StoredTrial(retried=True))
+            study.enqueue_trial(trial.params, user_attrs=StoredTrial(resumes=trial.number).to_attrs(),
+                                skip_if_exists=False)
     return used_budget(study, retry_failed)
 
 
@@ -151,7 +153,7 @@ class ArmSearch(Searcher):
             asked = study.ask(self.space)  # an enqueued re-run first, else the sampler's proposal
             stored_id = optuna_adapter.trial_id(asked)
             storage = optuna_adapter.study_storage(study)
-            storage.set_trial_user_attr(stored_id, "driver", self.job.driver)
+            write_trial(storage, stored_id, StoredTrial(driver=self.job.driver))
             self.heartbeats.add(stored_id)
             self.budgets[index] -= 1
             if budget_ahead_of(study, asked.number) >= self.per_arm:
@@ -188,11 +190,11 @@ class ArmSearch(Searcher):
             if error:
                 study.tell(asked, state=TrialState.FAIL)
             elif last < self.epochs[trial_id]:
-                storage.set_trial_user_attr(stored_id, "pruned_at_epoch", last)
+                write_trial(storage, stored_id, StoredTrial(pruned_at_epoch=last))
                 study.tell(asked, state=TrialState.PRUNED)
             else:
-                stored = storage.get_trial(stored_id).user_attrs
-                value = stored.get("validation", {}).get(self.metric, (result or {}).get(self.metric))
+                stored = StoredTrial.from_trial(storage.get_trial(stored_id))
+                value = (stored.validation or {}).get(self.metric, (result or {}).get(self.metric))
                 study.tell(asked, value)
         except Exception as failure:  # a finished trial, a NaN value: never lose the rest
             log.warning("Could not record search trial %s: %s", asked.number, failure)

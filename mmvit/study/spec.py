@@ -24,6 +24,7 @@ import json
 import os
 import re
 from collections.abc import Hashable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
@@ -582,22 +583,48 @@ def _validate(spec: StudySpec, check_models: bool = True) -> None:
                        "base: " + _some(describe_validation_error(error, TrialConfig))) from None
     for arm in spec.arms:
         try:
-            config = spec.resolve(arm, spec.seeds[0])
+            spec.resolve(arm, spec.seeds[0])
         except SpecError as error:
             raise _Located(_where_arm(spec, arm), str(error)) from None
-        try:
-            if check_models:
-                _check_arm(spec, config, arm)
-        except SpecError as error:
-            raise _Located(_where_arm(spec, arm), f"arm {arm.name}: {error}") from None
+    if check_models:
+        _check_models(spec)
     _validate_reference(spec)
     _validate_baseline(spec)
+
+
+def _check_models(spec: StudySpec) -> None:
+    for arm in spec.arms:
+        try:
+            _check_arm(spec, spec.resolve(arm, spec.seeds[0]), arm)
+        except SpecError as error:
+            raise _Located(_where_arm(spec, arm), f"arm {arm.name}: {error}") from None
+
+
+@dataclass(frozen=True)
+class StudyFile:
+    """A study file read once: its spec, and its lines, so a check run later (the models, while
+    Ray starts) still names ``file:line``."""
+
+    spec: StudySpec
+    source: str
+    lines: Any
+
+    def check_models(self) -> None:
+        """Build each arm's model on the meta device: the check ``check_models=False`` left out."""
+        try:
+            _check_models(self.spec)
+        except _Located as located:
+            raise SpecError(f"{self.source}:{_line_of(self.lines, located.path) or '?'}: {located.message}") from None
 
 
 def parse_spec(text: str, source: str = "<string>", *, check_models: bool = True) -> StudySpec:
     """Validate study YAML; a SpecError names ``source:line``, the field and the fix.
     ``check_models=False`` skips building each arm's model on the meta device (the torch and
     timm imports take seconds), for a caller that checks them later."""
+    return _parse(text, source, check_models).spec
+
+
+def _parse(text: str, source: str, check_models: bool) -> StudyFile:
     raw, lines = _load_yaml(text, source)
     if not isinstance(raw, dict):
         raise SpecError(f"{source}: a study file must be a mapping with at least `study:`, but it holds "
@@ -613,7 +640,7 @@ def parse_spec(text: str, source: str = "<string>", *, check_models: bool = True
     except _Located as located:
         line = _line_of(lines, located.path)
         raise SpecError(f"{source}:{line or '?'}: {located.message}") from None
-    return spec
+    return StudyFile(spec, source, lines)
 
 
 def _read(path: Path) -> bytes:
@@ -630,5 +657,10 @@ def _read(path: Path) -> bytes:
 
 def load_spec(path: str | Path, *, check_models: bool = True) -> StudySpec:
     """Read and validate a study file; every problem is a SpecError naming the file."""
+    return read_study(path, check_models=check_models).spec
+
+
+def read_study(path: str | Path, *, check_models: bool = True) -> StudyFile:
+    """As :func:`load_spec`, keeping what :meth:`StudyFile.check_models` needs to run later."""
     path = Path(path)
-    return parse_spec(_decode(_read(path), str(path)), str(path), check_models=check_models)
+    return _parse(_decode(_read(path), str(path)), str(path), check_models)

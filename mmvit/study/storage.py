@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from mmvit.errors import StudyError
+from mmvit.record_schema import StoredStudy, write_study
 from mmvit.study.arms import arms_from_ablate
 from mmvit.study.spec import StudySpec
 
@@ -27,11 +28,9 @@ PACKAGES = ("mmvit-study", "torch", "timm", "optuna", "ray", "rasterio", "numpy"
 
 def storage_url(study: str, studies_dir: Path, url: str | None = None) -> str:
     """``url`` if given, else SQLite in ``studies_dir/<study>/optuna.db`` (folder created)."""
-    if url:
-        return url
-    folder = Path(studies_dir) / study
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{(folder / 'optuna.db').resolve()}"
+    from mmvit.study.paths import StudyPaths
+
+    return StudyPaths(study, Path(studies_dir)).storage_url(url)
 
 
 def redact(url: str) -> str:
@@ -64,7 +63,7 @@ def _connect(url: str) -> optuna.storages.RDBStorage:
     """A :class:`~mmvit.study.resilient_storage.ResilientStorage`: once open, its calls wait out a
     database server that goes away for a while (``$MMVIT_STORAGE_RETRY_S``). Opening it does not
     wait: a wrong URL, password or server is reported at once."""
-    from mmvit.study.claims import GRACE_S, HEARTBEAT_S
+    from mmvit.study.claims import grace_s, heartbeat_s
     from mmvit.study.resilient_storage import ResilientStorage
 
     if url.startswith("sqlite"):
@@ -74,7 +73,7 @@ def _connect(url: str) -> optuna.storages.RDBStorage:
         if url.startswith("postgresql") and "connect_timeout" not in url:
             engine["connect_args"] = {"connect_timeout": 10}  # an unanswered connect must not outlast the retry budget
     try:
-        return ResilientStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+        return ResilientStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_s(), grace_period=grace_s())
     except Exception as error:  # SQLAlchemy and drivers raise many unrelated types
         raise StudyError(f"Cannot open the study storage {redact(url)} ({type(error).__name__}: "
                          f"{str(error).splitlines()[0]}). Check the URL, the server and the driver "
@@ -146,7 +145,8 @@ def ensure_study(storage: optuna.storages.BaseStorage, spec: StudySpec, *, sourc
     resolved = spec.model_dump(mode="json")
     study = optuna.create_study(storage=storage, study_name=spec.study, direction=spec.direction,
                                 load_if_exists=True)
-    stored = study.user_attrs.get("spec")
+    recorded = StoredStudy.from_study(study)
+    stored = recorded.spec
     additions: list[str] = []
     if stored is not None:
         changes, additions = spec_changes(stored, resolved)
@@ -155,14 +155,11 @@ def ensure_study(storage: optuna.storages.BaseStorage, spec: StudySpec, *, sourc
                 f"The study {spec.study!r} in this storage was started from a different {source}: "
                 + "; ".join(changes) + ". Restore the file, or give the changed study a new `study:` "
                 "name (new seeds and new values of an existing axis are allowed: they extend the study).")
-        if study.user_attrs.get("profile", profile) != profile:
-            raise StudyError(f"The study {spec.study!r} was run with the {study.user_attrs['profile']!r} "
+        if (recorded.profile or profile) != profile:
+            raise StudyError(f"The study {spec.study!r} was run with the {recorded.profile!r} "
                              f"profile, not {profile!r}; a study keeps one profile. Run it with that "
                              "profile, or give this run a new `study:` name.")
     if stored is None or additions:
-        study.set_user_attr("spec", resolved)
-        study.set_user_attr("spec_hash", spec.digest())
-        study.set_user_attr("archive", archive)
-        study.set_user_attr("profile", profile)
-        study.set_user_attr("environment", environment())
+        write_study(study, StoredStudy.identity(spec=resolved, spec_hash=spec.digest(), archive=archive,
+                                                profile=profile, environment=environment()))
     return study, additions

@@ -26,8 +26,9 @@ import optuna
 from optuna.trial import TrialState
 
 from mmvit.config import TrialConfig
+from mmvit.record_schema import StoredTrial, write_trial
 from mmvit.study.arms import Arm, ablated_keys
-from mmvit.study.claims import HEARTBEAT_S, Heartbeats, claim, interrupt, stale_trials, was_interrupted
+from mmvit.study.claims import Heartbeats, claim, heartbeat_s, interrupt, stale_trials, was_interrupted
 from mmvit.study.shared_path import join, trial_checkpoints
 from mmvit.study.spec import StudySpec
 from mmvit.study import optuna_adapter
@@ -190,8 +191,8 @@ def take_over_lost_attempt(study: optuna.Study, attrs: dict) -> bool:
     runs it again), and the retry stands down."""
     while True:
         earlier = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.FAIL))
-                   if t.user_attrs.get("driver") == attrs["driver"]
-                   and t.user_attrs.get("ray_trial") == attrs["ray_trial"]]
+                   if (stored := StoredTrial.from_trial(t)).driver == attrs["driver"]
+                   and stored.ray_trial == attrs["ray_trial"]]
         if any(t.state == TrialState.FAIL and not was_interrupted(t) for t in earlier):
             return False
         running = {optuna_adapter.trial_id(t) for t in earlier if t.state == TrialState.RUNNING}
@@ -221,19 +222,15 @@ def run_trial(config: dict[str, Any], job: StudyJob) -> None:
     torch.set_num_threads(max(1, min(int(job.resources["cpu"]), available_cpus())))
     storage = open_storage(job.url)
     arm = job.arms[arm_index]
-    attrs = {**placement(), "arm": arm.name, "arm_index": arm_index, "seed": seed, "driver": job.driver,
-             "ray_trial": tune.get_context().get_trial_id(),
-             "heartbeat_s": HEARTBEAT_S, "resources": dict(job.resources),
-             "phase": "search" if point.get("search") else "final",
-             "config": config.model_dump(mode="json"), "config_key": config_key(config)}
-    if params:
-        attrs["search_params"] = params
-    if point.get("search_trial") is not None:
-        attrs["search_trial"] = point["search_trial"]
+    record = StoredTrial.start(
+        **placement(), arm=arm.name, arm_index=arm_index, seed=seed, driver=job.driver,
+        ray_trial=tune.get_context().get_trial_id(), heartbeat_s=heartbeat_s(), resources=dict(job.resources),
+        phase="search" if point.get("search") else "final", config=config.model_dump(mode="json"),
+        config_key=config_key(config), search_params=params or None, search_trial=point.get("search_trial"))
+    attrs = record.to_attrs()
     if point.get("search"):
         trial_id, study = point["search"][1], None
-        for key, value in attrs.items():
-            storage.set_trial_user_attr(trial_id, key, value)
+        write_trial(storage, trial_id, record)
     else:
         study = optuna.load_study(study_name=job.spec.study, storage=storage)
         if not take_over_lost_attempt(study, attrs):  # Ray retried a trial whose training failed
@@ -265,15 +262,14 @@ def _train_and_record(config: TrialConfig, job: StudyJob, storage, study: optuna
         # The checkpoint may be an epoch ahead of storage (killed between the two writes):
         # its history is the truth, so no epoch's metrics are lost.
         history[:] = [entry(r) for r in records]
-        storage.set_trial_user_attr(trial_id, "resumed_from_epoch", len(records))
-        storage.set_trial_user_attr(trial_id, "history", history)
+        write_trial(storage, trial_id, StoredTrial(resumed_from_epoch=len(records), history=history))
 
     def on_epoch(record, checkpoint_path) -> None:
         history.append(entry(record))
         value = record.validation[metric]
         if study is not None:  # a search trial's intermediate values are reported by the driver
             storage.set_trial_intermediate_value(trial_id, record.epoch, value)
-        storage.set_trial_user_attr(trial_id, "history", history)
+        write_trial(storage, trial_id, StoredTrial(history=history))
         tune.report({metric: value, "epoch": record.epoch})
 
     try:
@@ -287,24 +283,19 @@ def _train_and_record(config: TrialConfig, job: StudyJob, storage, study: optuna
                                  test=final)
             publish()
     except Exception as error:
-        storage.set_trial_user_attr(trial_id, "error", f"{type(error).__name__}: {error}")
+        write_trial(storage, trial_id, StoredTrial(error=f"{type(error).__name__}: {error}"))
         if study is not None:
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
         raise
     finally:
         release_memory()
-    tested = {"test": _scalars(result.test), "ap_per_class_test": _finite(result.test["ap_per_class"])} if final else {}
-    for key, value in {
-        "history": [entry(r) for r in result.history],
-        "validation": _scalars(result.validation), **tested,
-        "ap_per_class_validation": _finite(result.validation["ap_per_class"]),
-        "best_epoch": result.best_epoch,
-        "parameters": result.parameters, "samples_per_s": result.samples_per_s,
-        "peak_memory_mb": result.peak_memory_mb, "wall_s": result.wall_s,
-        "epochs_run": result.epochs_run, "device": result.device, "precision": result.precision,
-        "class_counts": result.class_counts,
-        "worker_rss_mb": _rss_mb(),
-    }.items():
-        storage.set_trial_user_attr(trial_id, key, value)
+    write_trial(storage, trial_id, StoredTrial(
+        history=[entry(r) for r in result.history], validation=_scalars(result.validation),
+        test=_scalars(result.test) if final else None,
+        ap_per_class_test=_finite(result.test["ap_per_class"]) if final else None,
+        ap_per_class_validation=_finite(result.validation["ap_per_class"]), best_epoch=result.best_epoch,
+        parameters=result.parameters, samples_per_s=result.samples_per_s, peak_memory_mb=result.peak_memory_mb,
+        wall_s=result.wall_s, epochs_run=result.epochs_run, device=result.device, precision=result.precision,
+        class_counts=result.class_counts, worker_rss_mb=_rss_mb()))
     if study is not None:
         storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [result.validation[metric]])
