@@ -48,15 +48,19 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     """An RDBStorage instance, one per URL and process: the progress view, the live report and
     every trial of a reused worker share one connection pool instead of opening a pool each
     (PostgreSQL's connection limit)."""
-    key = (os.getpid(), url)
+    key = (os.getpid(), url)  # a forked child opens its own pool: connections do not survive fork
     if key not in _OPEN:
+        _quiet_heartbeat_warnings()
         _OPEN[key] = _connect(url)
     return _OPEN[key]
 
 
-# Our trials are asked outside Study.optimize, with heartbeats recorded by mmvit.study.claims.
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-warnings.filterwarnings("ignore", message="Argument ``(heartbeat_interval|grace_period)`` is an experimental")
+def _quiet_heartbeat_warnings() -> None:
+    """Our trials are asked outside ``Study.optimize``, with heartbeats recorded by
+    :mod:`mmvit.study.claims`: Optuna's warnings about that are noise on every ask. Set when a
+    storage is first opened (not at import: importing this module changes nothing)."""
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+    warnings.filterwarnings("ignore", message="Argument ``(heartbeat_interval|grace_period)`` is an experimental")
 
 
 def _connect(url: str) -> optuna.storages.RDBStorage:
