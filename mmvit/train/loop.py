@@ -204,6 +204,40 @@ def _restore(checkpoint_dir: Path | None, model: nn.Module, optimiser, schedule,
                      state["best_value"], state["best_epoch"])
 
 
+def _build(config: TrialConfig, data: TrialData, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer,
+                                                                               torch.optim.lr_scheduler.LambdaLR]:
+    """The model (head biases at the label prior) on ``device``, its optimiser, and the per-step
+    learning-rate schedule (warm-up, then cosine over every step of the trial)."""
+    model = build_model(config, data.in_chans)
+    init_head_bias(model, data.class_counts, len(data.train))
+    model = model.to(device)
+    optimiser = make_optimiser(model, config, device)
+    steps_per_epoch = math.ceil(len(data.train) / config.train.batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor(
+        config.train.scheduler, total_steps=config.train.epochs * steps_per_epoch,
+        warmup_steps=round(config.train.warmup_epochs * steps_per_epoch)))
+    return model, optimiser, schedule
+
+
+def _save(checkpoint_dir: Path | None, model: nn.Module, optimiser, schedule, state: _Progress) -> Path | None:
+    """The epoch checkpoint a resumed trial starts from (None without a checkpoint folder)."""
+    if checkpoint_dir is None:
+        return None
+    path = checkpoint_dir / CHECKPOINT
+    _atomic_save({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
+                  "epoch": len(state.history), "history": [asdict(r) for r in state.history],
+                  "best_value": state.best_value, "best_epoch": state.best_epoch}, path)
+    return path
+
+
+def _load_best(model: nn.Module, checkpoint_dir: Path | None, best_state: dict | None, device: torch.device) -> None:
+    """The weights of the best validation epoch, where the test split is measured."""
+    if checkpoint_dir is not None:
+        model.load_state_dict(torch.load(checkpoint_dir / BEST_WEIGHTS, map_location=device, weights_only=False)["model"])
+    elif best_state is not None:
+        model.load_state_dict(best_state)
+
+
 def _train_epoch(step: Callable, loader: BatchLoader, seed: int) -> tuple[float, int]:
     """Mean training loss and samples seen; the loss is summed on the device and read once."""
     total = torch.zeros((), device=loader.device)
@@ -224,15 +258,8 @@ def train_trial(config: TrialConfig, *, checkpoint_dir: Path | None = None,
     device = resolve_device(config.train.device)
     precision = resolve_precision(config.train.precision, device)
     data = data or build_datasets(config, progress=progress)
-    model = build_model(config, data.in_chans)
-    init_head_bias(model, data.class_counts, len(data.train))
-    model = model.to(device)
-    optimiser = make_optimiser(model, config, device)
+    model, optimiser, schedule = _build(config, data, device)
     epochs, batch_size = config.train.epochs, config.train.batch_size
-    steps_per_epoch = math.ceil(len(data.train) / batch_size)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor(
-        config.train.scheduler, total_steps=epochs * steps_per_epoch,
-        warmup_steps=round(config.train.warmup_epochs * steps_per_epoch)))
     if checkpoint_dir is not None:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
     state = _restore(checkpoint_dir, model, optimiser, schedule, device)
@@ -274,15 +301,7 @@ def train_trial(config: TrialConfig, *, checkpoint_dir: Path | None = None,
                 _atomic_save({"model": model.state_dict(), "epoch": epoch}, checkpoint_dir / BEST_WEIGHTS)
             else:
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        checkpoint_path = None
-        if checkpoint_dir is not None:
-            checkpoint_path = checkpoint_dir / CHECKPOINT
-            _atomic_save({
-                "model": model.state_dict(), "optimiser": optimiser.state_dict(),
-                "schedule": schedule.state_dict(), "epoch": epoch,
-                "history": [asdict(r) for r in state.history],
-                "best_value": state.best_value, "best_epoch": state.best_epoch,
-            }, checkpoint_path)
+        checkpoint_path = _save(checkpoint_dir, model, optimiser, schedule, state)
         if on_epoch is not None:
             on_epoch(record, checkpoint_path)
 
@@ -294,11 +313,7 @@ def train_trial(config: TrialConfig, *, checkpoint_dir: Path | None = None,
                         "positive label. Use a larger validation split.")
     test_metrics: dict = {}
     if test:
-        if checkpoint_dir is not None:
-            model.load_state_dict(torch.load(checkpoint_dir / BEST_WEIGHTS, map_location=device,
-                                             weights_only=False)["model"])
-        elif best_state is not None:
-            model.load_state_dict(best_state)
+        _load_best(model, checkpoint_dir, best_state, device)
         test_loader = make_loader(data, data.test, device, batch_size=eval_batch)
         test_metrics = evaluate(forward, test_loader, config.train.threshold, precision)
     return TrialResult(
