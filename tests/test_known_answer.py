@@ -22,7 +22,7 @@ LEARNED = 0.45
 
 @pytest.mark.slow
 @pytest.mark.real_profiles
-@pytest.mark.parametrize("demo_seed", [0, 1])
+@pytest.mark.parametrize("demo_seed", [0, 1, 2])
 def test_quick_study_recovers_the_demo_archives_ranking(ray_session, tmp_path, demo_seed):
     from mmvit.data.demo import ensure_demo_archive
 
