@@ -70,6 +70,18 @@ def test_a_study_stored_before_the_schema_resumes_with_nothing_left_to_run(legac
     assert (todo, elsewhere, done) == ([], [], 4)
 
 
+def test_running_a_study_stored_before_the_schema_stamps_it_and_changes_nothing_else(legacy):
+    from mmvit.report.records import load_study_record
+    from mmvit.study.runner import StudyJob, record_identity
+    from mmvit.study.spec import load_spec
+
+    spec = load_spec(LEGACY / "legacy.yaml")
+    study = optuna.load_study(study_name="legacy", storage=legacy)
+    record_identity(study, StudyJob(spec, legacy, "full", None, "unused", spec.arms, driver="a driver"))
+    assert StoredStudy.from_study(study).schema == SCHEMA_VERSION
+    assert projection(load_study_record("legacy", legacy)) == json.loads((LEGACY / "expected.json").read_text())
+
+
 def test_status_shows_a_study_stored_before_the_schema(legacy):
     from mmvit.cli import app
 

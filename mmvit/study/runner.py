@@ -28,7 +28,8 @@ import optuna
 from optuna.trial import TrialState
 
 from mmvit.errors import SpecError, StudyError
-from mmvit.record_schema import StoredArm, StoredSearchStudy, StoredStudy, StoredTrial, write_study
+from mmvit.record_schema import (SCHEMA_VERSION, StoredArm, StoredSearchStudy, StoredStudy, StoredTrial,
+                                 write_study)
 from mmvit.study.arms import Arm, comparisons
 from mmvit.study.cluster import use_cluster_token
 from mmvit.study.claims import (Heartbeats, heartbeat_s, fail_stale, live_running, new_driver_id, release_own,
@@ -118,8 +119,9 @@ def record_identity(study: optuna.Study, job: StudyJob) -> None:
     arms = [StoredArm(arm.name, arm.labels, arm.settings, baseline=compared[arm.name].compare_with is None,
                       compare_with=compared[arm.name].compare_with, axis=compared[arm.name].axis)
             for arm in job.arms]
-    write_study(study, StoredStudy(
-        arms=arms, labels=list(LABELS_19), planned_seeds=profile_plan(job.spec, job.profile)[0],
+    write_study(study, StoredStudy(  # the schema too: a study stored before it had a number now says 1
+        schema=SCHEMA_VERSION, arms=arms, labels=list(LABELS_19),
+        planned_seeds=profile_plan(job.spec, job.profile)[0],
         search_studies=[search_study_name(job.spec, a.name) for a in job.arms] if job.spec.search else [],
         reference=job.spec.reference.model_dump(mode="json") if job.spec.reference else None))
 
