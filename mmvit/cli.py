@@ -360,7 +360,7 @@ def run(
     use_cluster_token(address)  # before Ray is imported: it reads its auth mode once
     from mmvit.study.runner import run_study
     from mmvit.study.spec import read_study
-    from mmvit.study.storage import redact, storage_url
+    from mmvit.storage.connection import redact, storage_url
 
     study_file = read_study(file, check_models=False)  # read once; run_study checks the models while Ray starts
     name = study_file.spec.study

@@ -56,11 +56,11 @@ class DataConfig(_Section):
     @field_validator("speckle_filter")
     @classmethod
     def _speckle(cls, value: str) -> str:
-        from mmvit.data.speckle import parse_speckle_filter
         from mmvit.errors import DataError
+        from mmvit.speckle_names import canonical_speckle_name
 
         try:
-            return str(parse_speckle_filter(value))
+            return canonical_speckle_name(value)
         except DataError as error:
             raise ValueError(str(error)) from None
 

@@ -1,5 +1,5 @@
 """Contract tests of the one place that uses Optuna beyond its public API
-(:mod:`mmvit.study.optuna_adapter`) and of the Ray Tune hooks the per-arm search relies on.
+(:mod:`mmvit.storage.optuna_adapter`) and of the Ray Tune hooks the per-arm search relies on.
 
 Each test states what the adapter assumes of the library, against the public API where one
 exists, so an Optuna or Ray release that changes it fails here by name instead of breaking
@@ -19,8 +19,8 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from ray.tune.schedulers import TrialScheduler
 
-from mmvit.study import optuna_adapter
-from mmvit.study.resilient_storage import ResilientStorage
+from mmvit.storage import optuna_adapter
+from mmvit.storage.resilient import ResilientStorage
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from mmvit.study import optuna_adapter
+from mmvit.storage import optuna_adapter
 from mmvit.study import claims
 from tests.pg_server import postgres_url  # noqa: F401 (the fixture)
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from mmvit.errors import SpecError, StudyError
 from mmvit.study.runner import run_study, trial_resources
 from mmvit.study.spec import parse_spec
-from mmvit.study.storage import open_storage, storage_url
+from mmvit.storage.connection import open_storage, storage_url
 
 GPU_SPEC = """\
 study: gpus

@@ -13,7 +13,7 @@ import pytest
 from mmvit.report.analysis import arm_results, comparison_pairs, comparison_tests
 from mmvit.report.records import load_study_record
 from mmvit.study.runner import run_study
-from mmvit.study.storage import storage_url
+from mmvit.storage.connection import storage_url
 
 STUDY = Path(__file__).parent.parent / "search_spaces" / "known_answer.yaml"
 LEARNED = 0.45

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from mmvit.study.runner import run_study
 from mmvit.study.spec import load_spec
-from mmvit.study.storage import open_storage, storage_url
+from mmvit.storage.connection import open_storage, storage_url
 
 FILES = sorted(Path(__file__).parent.parent.joinpath("search_spaces").glob("*.yaml"))
 

@@ -12,7 +12,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from mmvit.study import optuna_adapter
+from mmvit.storage import optuna_adapter
 from mmvit.study import claims
 from mmvit.study.trial import take_over_lost_attempt
 
@@ -73,7 +73,7 @@ def test_ray_retries_a_failed_trial_but_the_failure_stands(ray_session, tmp_path
     FAIL in storage, the point not trained twice, the study goes on."""
     from mmvit.data.demo import write_demo_archive
     from mmvit.study.runner import LOST_WORKER_RETRIES, run_study
-    from mmvit.study.storage import open_storage, storage_url
+    from mmvit.storage.connection import open_storage, storage_url
 
     root = write_demo_archive(tmp_path / "archive", patches=60, seed=3)
     next(root.glob("BigEarthNet-S1-v1.0/*/*_VH.tif")).write_bytes(b"not a GeoTIFF")  # only the S1 arm reads it

@@ -21,8 +21,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from mmvit.study import optuna_adapter
-from mmvit.study.storage import open_storage, storage_url
+from mmvit.storage import optuna_adapter
+from mmvit.storage.connection import open_storage, storage_url
 from tests.study_process import descendants
 
 RAY = str(Path(sys.executable).parent / "ray")

@@ -17,7 +17,7 @@ import pytest
 from optuna.trial import TrialState
 
 from mmvit.errors import StudyError
-from mmvit.study.storage import open_storage
+from mmvit.storage.connection import open_storage
 from tests.pg_server import PASSWORD, postgres_url  # noqa: F401 (the fixture)
 from tests.study_process import descendants, wait_mid_study
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from mmvit.cli import _CurrentStderr, app
 from mmvit.study.progress import render, snapshot
-from mmvit.study.storage import open_storage
+from mmvit.storage.connection import open_storage
 
 ARMS = ["model.depth=2", "model.depth=4"]
 

@@ -62,7 +62,7 @@ def test_a_study_stored_before_the_schema_resumes_with_nothing_left_to_run(legac
     from mmvit.study.runner import remaining_points
     from mmvit.study.spec import load_spec
 
-    from mmvit.study.storage import open_storage
+    from mmvit.storage.connection import open_storage
 
     spec = load_spec(LEGACY / "legacy.yaml")
     study = optuna.load_study(study_name="legacy", storage=open_storage(legacy))  # as the runner opens it

@@ -13,7 +13,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from mmvit.study.storage import open_storage, storage_url
+from mmvit.storage.connection import open_storage, storage_url
 from tests.study_process import descendants, wait_mid_study
 
 EPOCHS = 40  # ~0.06 s each here: the first 25 leave a window of over a second to stop a trial in

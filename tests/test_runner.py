@@ -14,8 +14,8 @@ from mmvit.errors import StudyError
 from mmvit.study.runner import StudyJob, run_study
 from mmvit.study.trial import checkpoint_folder
 from mmvit.study.spec import load_spec, parse_spec
-from mmvit.study.shared_path import trial_checkpoints
-from mmvit.study.storage import open_storage, storage_url
+from mmvit.storage.shared_path import trial_checkpoints
+from mmvit.storage.connection import open_storage, storage_url
 from mmvit.train.loop import train_trial
 
 SPEC = """\

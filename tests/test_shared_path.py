@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from mmvit.errors import StudyError
-from mmvit.study.shared_path import join, resolve_root, trial_checkpoints
+from mmvit.storage.shared_path import join, resolve_root, trial_checkpoints
 
 
 def test_a_folder_is_made_absolute_and_a_uri_kept(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import optuna
 
 from mmvit.study.runner import run_study
 from mmvit.study.stopping import StopRequest
-from mmvit.study.storage import open_storage, storage_url
+from mmvit.storage.connection import open_storage, storage_url
 
 
 def _ctrl_c() -> None:

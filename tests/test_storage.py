@@ -5,10 +5,11 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from mmvit.study import optuna_adapter
+from mmvit.storage import optuna_adapter
 from mmvit.errors import StudyError
 from mmvit.study.spec import parse_spec
-from mmvit.study.storage import ensure_study, open_storage, redact, spec_changes, storage_url
+from mmvit.storage.connection import open_storage, redact, storage_url
+from mmvit.study.storage import ensure_study, spec_changes
 
 SPEC = """\
 study: depth

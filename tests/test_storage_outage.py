@@ -1,4 +1,4 @@
-"""The database goes away (:mod:`mmvit.study.resilient_storage`): storage calls wait out a lost
+"""The database goes away (:mod:`mmvit.storage.resilient`): storage calls wait out a lost
 server for a bounded time, writes a retry could repeat stay single, and a server that stays away
 ends the run with one clear message — against injected faults (SQLite, fast), a real PostgreSQL
 server stopped and started under a call, and (slow) a real study whose server restarts mid-study.
@@ -26,17 +26,17 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from mmvit.study import optuna_adapter
+from mmvit.storage import optuna_adapter
 from mmvit.errors import StudyError
-from mmvit.study import resilient_storage
-from mmvit.study.resilient_storage import (CREATION_KEY, NOT_RETRIED, RETRIED, RETRY_ENV, ResilientStorage,
+from mmvit.storage import resilient as resilient_storage
+from mmvit.storage.resilient import (CREATION_KEY, NOT_RETRIED, RETRIED, RETRY_ENV, ResilientStorage,
                                            StorageUnreachable, connection_lost, raise_if_storage_lost)
-from mmvit.study.storage import open_storage, redact
+from mmvit.storage.connection import open_storage, redact
 from tests.pg_server import PASSWORD, postgres_server  # noqa: F401 (the fixture)
 from tests.study_process import descendants, wait_mid_study
 from tests.test_postgres import CLI, ENV
 
-LOGGER = "mmvit.study.resilient_storage"
+LOGGER = "mmvit.storage.resilient"
 
 
 class PgError(Exception):

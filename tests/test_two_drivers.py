@@ -13,7 +13,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from mmvit.study.storage import open_storage
+from mmvit.storage.connection import open_storage
 from tests.pg_server import postgres_url  # noqa: F401 (the fixture)
 from tests.test_postgres import CLI, ENV
 

@@ -62,7 +62,7 @@ def run_study_benchmark(epochs: int = 6, cpu: float = 1.0, data: str | None = No
     from mmvit.data.loader import available_cpus
     from mmvit.record_schema import StoredTrial
     from mmvit.study.runner import run_study
-    from mmvit.study.storage import open_storage, storage_url
+    from mmvit.storage.connection import open_storage, storage_url
 
     if data is None:
         from mmvit.data.demo import ensure_demo_archive

@@ -29,7 +29,6 @@ library, ``findpeaks`` a peak-detection package), hence the few lines below.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -37,18 +36,12 @@ import numpy as np
 from scipy import ndimage
 
 from mmvit.errors import DataError
+from mmvit.speckle_names import SIZES, parse_speckle_name, speckle_rule
 
 S1_IW_GRDH_ENL = 4.4
 """Equivalent number of looks of Sentinel-1 IW GRDH products (ESA product specification)."""
 
-SIZES = range(3, 16, 2)
-_PATTERN = re.compile(r"(none|median|lee)(\d*)")
 _TINY = np.finfo(np.float64).tiny
-
-
-def _rule(value: str) -> str:
-    return ("speckle filter must be 'none', 'median<k>' or 'lee<k>' with odd k in 3..15 "
-            f"(e.g. none, median3, median5, lee5), but got {value!r}.")
 
 
 @dataclass(frozen=True)
@@ -62,7 +55,7 @@ class SpeckleFilter:
     def __post_init__(self) -> None:
         if not (self.size == 0 if self.kind == "none" else
                 self.kind in ("median", "lee") and self.size in SIZES):
-            raise DataError(_rule(f"{self.kind}{self.size or ''}"))
+            raise DataError(speckle_rule(f"{self.kind}{self.size or ''}"))
         if not self.enl > 0:
             raise DataError(f"the Lee filter's equivalent number of looks must be > 0, but got {self.enl}.")
 
@@ -99,8 +92,5 @@ def _lee(image_db: np.ndarray, size: int, enl: float) -> np.ndarray:
 
 def parse_speckle_filter(text: str) -> SpeckleFilter:
     """``"median5"`` → SpeckleFilter("median", 5); a clear error for anything else."""
-    match = _PATTERN.fullmatch(str(text).strip().lower())
-    kind, digits = match.groups() if match else ("", "")
-    if not match or (kind == "none") != (digits == "") or (kind != "none" and int(digits) not in SIZES):
-        raise DataError(_rule(str(text)))
-    return SpeckleFilter(kind, int(digits or 0))  # type: ignore[arg-type]
+    kind, size = parse_speckle_name(text)
+    return SpeckleFilter(kind, size)  # type: ignore[arg-type]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mmvit.report.build import build_report
-from mmvit.study.paths import StudyPaths
+from mmvit.storage.paths import StudyPaths
 
 
 def report_command(study: str, storage: str | None, studies_dir: Path, out: Path | None) -> Path:

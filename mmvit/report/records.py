@@ -23,7 +23,7 @@ from sqlalchemy.exc import ArgumentError
 from mmvit.errors import StudyError
 from mmvit.metric_names import AGGREGATE, DISPLAY_NAMES, LOWER_IS_BETTER  # noqa: F401  (the report's readers take them from here)
 from mmvit.record_schema import StoredArm, StoredSearchStudy, StoredStudy, StoredTrial
-from mmvit.study.storage import open_storage, redact
+from mmvit.storage.connection import open_storage, redact
 
 if TYPE_CHECKING:
     import pandas as pd

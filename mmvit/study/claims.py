@@ -26,28 +26,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mmvit.errors import StudyError
 from mmvit.record_schema import INTERRUPTED, StoredTrial, write_trial
-from mmvit.study import optuna_adapter
-from mmvit.study.resilient_storage import running_without_heartbeat
+from mmvit.storage import optuna_adapter
+from mmvit.storage.connection import grace_s, heartbeat_s
+from mmvit.storage.resilient import running_without_heartbeat
 
 log = logging.getLogger(__name__)
 
-
-
-def heartbeat_s() -> int:
-    """Seconds between a running trial's heartbeats: ``$MMVIT_HEARTBEAT_S`` (default 5), read when
-    asked, not at import, so a test or a cluster worker (Ray hands it the driver's MMVIT_*
-    settings) sees the value of its own environment."""
-    value = os.environ.get("MMVIT_HEARTBEAT_S", "5")
-    try:
-        return max(1, int(value))
-    except ValueError:
-        raise StudyError(f"$MMVIT_HEARTBEAT_S must be a whole number of seconds, but it is {value!r}. "
-                         "Set it to 5 (the default) or unset it.") from None
-
-
-def grace_s() -> int:
-    """No heartbeat for this long: the trial's driver (or worker) is gone."""
-    return 4 * heartbeat_s()
 
 
 def was_interrupted(trial: FrozenTrial) -> bool:

@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import TrialState
 
 from mmvit.record_schema import StoredStudy
-from mmvit.study.storage import open_storage
+from mmvit.storage.connection import open_storage
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from rich.text import Text
 
 from mmvit.record_schema import StoredStudy, StoredTrial
 from mmvit.study.claims import was_interrupted
-from mmvit.study.storage import open_storage, redact
+from mmvit.storage.connection import open_storage, redact
 
 
 @dataclass

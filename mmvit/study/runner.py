@@ -34,13 +34,14 @@ from mmvit.study.arms import Arm, comparisons
 from mmvit.study.cluster import use_cluster_token
 from mmvit.study.claims import (Heartbeats, heartbeat_s, fail_stale, live_running, new_driver_id, release_own,
                                  was_interrupted)
-from mmvit.study.paths import StudyPaths
+from mmvit.storage.paths import StudyPaths
 from mmvit.study.plan import choose_profile, data_source
-from mmvit.study.resilient_storage import raise_if_storage_lost
+from mmvit.storage.resilient import raise_if_storage_lost
 from mmvit.study.search import best_params, prepare_arm_search, search_study_name
 from mmvit.study.spec import StudyFile, StudySpec, read_study
 from mmvit.study.stopping import StopRequest
-from mmvit.study.storage import ensure_study, open_storage, redact
+from mmvit.storage.connection import open_storage, redact
+from mmvit.study.storage import ensure_study
 from mmvit.study.trial import (PROFILES, QUICK_PROFILE, StudyJob, config_key, profile_overrides,  # noqa: F401
                                profile_plan, run_trial)
 

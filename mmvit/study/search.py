@@ -36,7 +36,7 @@ from ray.tune.search import Searcher
 from mmvit.record_schema import StoredTrial, write_trial
 from mmvit.study.claims import Heartbeats, fail_stale, interrupt, live_running, was_interrupted
 from mmvit.study.spec import SearchParam, StudySpec
-from mmvit.study import optuna_adapter
+from mmvit.storage import optuna_adapter
 from mmvit.study.trial import StudyJob
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class ArmSearch(Searcher):
                  heartbeats: Heartbeats, per_arm: int) -> None:
         spec = job.spec
         super().__init__(metric=spec.metric, mode="max" if spec.direction == "maximize" else "min")
-        from mmvit.study.storage import open_storage
+        from mmvit.storage.connection import open_storage
 
         self.space = {key: distribution(param) for key, param in spec.search.params.items()}
         self.job, self.budgets, self.heartbeats, self.per_arm = job, dict(budgets), heartbeats, per_arm

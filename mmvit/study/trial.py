@@ -29,10 +29,10 @@ from mmvit.config import TrialConfig
 from mmvit.record_schema import StoredTrial, write_trial
 from mmvit.study.arms import Arm, ablated_keys
 from mmvit.study.claims import Heartbeats, claim, heartbeat_s, interrupt, stale_trials, was_interrupted
-from mmvit.study.shared_path import join, trial_checkpoints
+from mmvit.storage.shared_path import join, trial_checkpoints
 from mmvit.study.spec import StudySpec
-from mmvit.study import optuna_adapter
-from mmvit.study.storage import open_storage
+from mmvit.storage import optuna_adapter
+from mmvit.storage.connection import open_storage
 
 QUICK_PROFILE: dict[str, Any] = {
     "train.epochs": 15,
@@ -94,7 +94,7 @@ class StudyJob:
     url: str
     profile: str
     data_root: str | None
-    checkpoints: str  # a folder or an object-store URI (mmvit.study.shared_path)
+    checkpoints: str  # a folder or an object-store URI (mmvit.storage.shared_path)
     arms: list[Arm] = field(default_factory=list)
     driver: str = ""  # the id of the `mmvit-study run` process, on every trial it runs
     ray_results: str = ""  # Ray Tune's storage_path (next to the checkpoints)

@@ -50,7 +50,7 @@ class StudyPaths:
         return f"sqlite:///{self.sqlite_file.resolve()}"
 
     def _under_root(self, name: str) -> str:
-        from mmvit.study.shared_path import join, resolve_root
+        from mmvit.storage.shared_path import join, resolve_root
 
         return join(resolve_root(self.storage_path, self.studies_dir), self.study, name)
 

@@ -32,7 +32,7 @@ made idempotent:
 
 Optuna wraps an RDBStorage in a cache that calls a few of its private methods; those are
 retried too. Which ones, and the queries of Optuna's own tables (trials without a heartbeat,
-trials created with a token), live in :mod:`mmvit.study.optuna_adapter`.
+trials created with a token), live in :mod:`mmvit.storage.optuna_adapter`.
 """
 
 from __future__ import annotations
@@ -55,9 +55,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 
 from mmvit.errors import StudyError
-from mmvit.study import optuna_adapter
-from mmvit.study.optuna_adapter import CACHE_CALLS, CacheCallRoutes
-from mmvit.study.storage import redact
+from mmvit.storage import optuna_adapter
+from mmvit.storage.optuna_adapter import CACHE_CALLS, CacheCallRoutes
+from mmvit.storage.connection import redact
 
 log = logging.getLogger(__name__)
 

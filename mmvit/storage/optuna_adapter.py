@@ -11,7 +11,7 @@ and nowhere else:
   ``optuna.storages.fail_stale_trials`` marks them FAIL at once, while a study must also know
   which ones to re-run and must not take a live trial of another driver;
 * Optuna's own tables (``optuna.storages._rdb.models``): trials that never recorded a heartbeat,
-  trials created with a token (:mod:`mmvit.study.resilient_storage`);
+  trials created with a token (:mod:`mmvit.storage.resilient`);
 * the private ``RDBStorage`` methods that Optuna's storage cache calls (:data:`CACHE_CALLS`,
   :class:`CacheCallRoutes`), which a storage that retries lost connections must retry too.
 
