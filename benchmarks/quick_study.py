@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mmvit.report.analysis import arm_results, comparison_pairs, comparison_tests  # noqa: E402
 from mmvit.report.records import load_study_record  # noqa: E402
 from mmvit.study.spec import load_spec  # noqa: E402
-from mmvit.study.storage import storage_url  # noqa: E402
+from mmvit.storage.connection import storage_url  # noqa: E402
 
 
 def main() -> None:
