@@ -28,10 +28,10 @@ import numpy as np
 import torch
 
 from mmvit.config import TrialConfig, trial_config
-from mmvit.data.batch_augment import AugmentOptions
-from mmvit.data.loader import SplitArrays, TrialData
 from mmvit.data.bands import PATCH_SIZE
+from mmvit.data.batch_augment import AugmentOptions
 from mmvit.data.labels import NUM_CLASSES
+from mmvit.data.loader import SplitArrays, TrialData
 
 TRAIN_SPLIT = 269_695
 """Official BigEarthNet v1 training patches (snow, cloud and shadow excluded)."""

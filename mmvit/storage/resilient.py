@@ -56,8 +56,8 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, Operationa
 
 from mmvit.errors import StudyError
 from mmvit.storage import optuna_adapter
-from mmvit.storage.optuna_adapter import CACHE_CALLS, CacheCallRoutes
 from mmvit.storage.connection import redact
+from mmvit.storage.optuna_adapter import CACHE_CALLS, CacheCallRoutes
 
 log = logging.getLogger(__name__)
 

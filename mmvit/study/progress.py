@@ -18,8 +18,8 @@ from rich.table import Table
 from rich.text import Text
 
 from mmvit.record_schema import StoredStudy, StoredTrial
-from mmvit.study.claims import was_interrupted
 from mmvit.storage.connection import open_storage, redact
+from mmvit.study.claims import was_interrupted
 
 
 @dataclass

@@ -34,9 +34,9 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 
 from mmvit.record_schema import StoredTrial, write_trial
+from mmvit.storage import optuna_adapter
 from mmvit.study.claims import Heartbeats, fail_stale, interrupt, live_running, was_interrupted
 from mmvit.study.spec import SearchParam, StudySpec
-from mmvit.storage import optuna_adapter
 from mmvit.study.trial import StudyJob
 
 log = logging.getLogger(__name__)

@@ -33,8 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mmvit.config import TrialConfig, describe_validation_error
 from mmvit.errors import SpecError
-from mmvit.study.arms import Arm, arms_from_ablate, resolve
 from mmvit.metric_names import HIGHER_IS_BETTER, check_metric
+from mmvit.study.arms import Arm, arms_from_ablate, resolve
 
 
 class _Strict(BaseModel):
