@@ -50,7 +50,7 @@ def test_splits_cover_every_patch_once(small):
     assert {s2 for s2, _ in pairs} == {p.name for p in (small / demo.S2_DIR).iterdir()}
     assert {s1 for _, s1 in pairs} == {p.name for p in (small / demo.S1_DIR).iterdir()}
     assert json.loads((small / demo.MARKER).read_text()) == {
-        "generator": "mmvit.data.demo", "version": 1, "patches": SMALL, "seed": 7}
+        "generator": "mmvit.data.demo", "version": 2, "patches": SMALL, "seed": 7}
 
 
 def test_band_files_look_like_the_real_archive(small):
@@ -147,14 +147,14 @@ def test_interrupted_write_leaves_nothing_behind(tmp_path, monkeypatch):
 
 def test_default_root_and_ensure(tmp_path, monkeypatch):
     monkeypatch.delenv("MMVIT_DEMO_DIR", raising=False)
-    assert demo.default_demo_root(40, 3).parts[-3:] == (".cache", "mmvit-study", "demo-v1-n40-s3")
+    assert demo.default_demo_root(40, 3).parts[-3:] == (".cache", "mmvit-study", "demo-v2-n40-s3")
     monkeypatch.setenv("MMVIT_DEMO_DIR", str(tmp_path / "demo"))
-    root = tmp_path / "demo" / "demo-v1-n4-s1"
+    root = tmp_path / "demo" / "demo-v2-n4-s1"
     assert demo.ensure_demo_archive(patches=4, seed=1) == root
     marker = (root / "mmvit_demo.json").stat().st_mtime_ns
     assert demo.ensure_demo_archive(patches=4, seed=1) == root
     assert (root / "mmvit_demo.json").stat().st_mtime_ns == marker  # found, not rewritten
-    assert demo.ensure_demo_archive(patches=5, seed=1) == tmp_path / "demo" / "demo-v1-n5-s1"
+    assert demo.ensure_demo_archive(patches=5, seed=1) == tmp_path / "demo" / "demo-v2-n5-s1"
     assert len(_all_pairs(root)) == 4
 
 
@@ -168,8 +168,8 @@ def test_labels_are_imbalanced_like_the_archive():
     assert 2.2 < labels.sum(axis=1).mean() < 3.0 and labels.sum(axis=1).max() >= 5
     common = ("Arable land", "Mixed forest", "Coniferous forest", "Transitional woodland, shrub")
     rare = ("Beaches, dunes, sands", "Coastal wetlands", "Industrial or commercial units")
-    assert min(counts[name] for name in common) > 5 * max(counts[name] for name in rare)
-    assert min(counts[name] for name in rare) >= 6
+    assert min(counts[name] for name in common) > 3 * max(counts[name] for name in rare)
+    assert min(counts[name] for name in rare) >= 20  # the 6 % floor: about 10 training patches at the least
 
 
 def test_every_label_covers_part_of_its_patch():

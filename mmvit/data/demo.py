@@ -22,9 +22,12 @@ does.
 Generative model
 ----------------
 *Labels* (:func:`draw_labels`). Each of the 19 classes is drawn independently with probability
-``CLASS_PATCH_COUNTS[c] / ARCHIVE_PATCHES`` (about 2.6 labels per patch, several per patch, as
-in the archive), floored at 3 % so that the rarest classes (Beaches, Coastal wetlands: 0.26 %
-in the archive) still occur about 18 times in 600 patches and a few times in each split. A
+``CLASS_PATCH_COUNTS[c] / ARCHIVE_PATCHES`` (about 2.9 labels per patch, several per patch, as
+in the archive), floored at 6 % so that the rarest classes (Beaches, Coastal wetlands: 0.26 %
+in the archive) still occur about 36 times in 600 patches: about 18 in the training split and
+9 in each other. At 3 % (version 1) a 600-patch archive could hold 3 training patches of a
+class; no model learns a class from 3 examples, and the AP of a class with 3 test positives is
+noise that swamps the differences between arms of a study. A
 patch that draws no class gets one, drawn in proportion to the same probabilities. The JSON
 lists, per class, one of its 43-class CORINE names picked at random.
 
@@ -52,8 +55,12 @@ at 10 m (120 px), block-averaged to 60 px (20 m bands) and 20 px (60 m bands), a
 gets Gaussian sensor noise (2 % + 15 DN) at its native pixel size.
 
 *S1* (:data:`S1_GROUPS`). A group has a mean VV and VH in dB (VV -22..-4, VH -28..-11) and a
-texture strength ``t``. Per cell both means move by N(0, 0.3 dB), the whole patch by
-N(0, 0.3 dB) (incidence angle). Linear power = 10^(dB/10) × exp(t·F − t²/2), F a smooth
+texture strength ``t``. Per cell both means move by N(0, 0.6 dB) (field-to-field moisture and
+roughness), the whole patch by N(0, 1 dB) (incidence angle: an IW swath spans 29–46°). With
+0.3 dB and 0.3 dB (version 1) the SAR groups were so cleanly apart that a ViT on S1 alone learned
+them from 300 patches sooner than a ViT on S2 learned its twelve finer groups, so the learned
+S2 > S1 step depended on the training budget (S1 caught up with S2 at 30 epochs) rather than on
+what each modality can tell. Linear power = 10^(dB/10) × exp(t·F − t²/2), F a smooth
 unit-variance field (about 5 px grain) shared by VV and VH, times speckle ~ Gamma(shape=L,
 scale=1/L) with L = 4.4 (the ENL of IW GRD-H), independent per pixel and polarisation; stored
 as 10·log10(power), float32, unrounded.
@@ -81,12 +88,12 @@ from mmvit.data.splits import SPLIT_FILES
 from mmvit.errors import DataError, SpecError
 
 GENERATOR = "mmvit.data.demo"
-VERSION = 1
+VERSION = 2
 MARKER = "mmvit_demo.json"
 S2_DIR = "BigEarthNet-v1.0"
 S1_DIR = "BigEarthNet-S1-v1.0"
 
-MIN_CLASS_PROBABILITY = 0.03
+MIN_CLASS_PROBABILITY = 0.06
 """Floor on a class's draw probability, so that rare classes occur in small archives."""
 
 LABEL_AREA_FLOOR = 0.10
@@ -97,6 +104,12 @@ ILLUMINATION = 0.15
 
 CELL_JITTER = 0.05
 """Relative standard deviation of each cell's S2 band means around its group's spectrum."""
+
+S1_CELL_SPREAD_DB = 0.6
+"""Standard deviation of each cell's VV and VH means around its group's (field-to-field variation)."""
+
+S1_PATCH_SPREAD_DB = 1.0
+"""Standard deviation of the patch-wide VV and VH offset (incidence angle, moisture)."""
 
 SPECKLE_LOOKS = 4.4
 """Equivalent number of looks of Sentinel-1 IW GRD-H: the shape of the Gamma speckle."""
@@ -225,7 +238,7 @@ def write_demo_archive(out: Path, patches: int = 600, seed: int = 0, progress: b
 
 
 def default_demo_root(patches: int = 600, seed: int = 0) -> Path:
-    """``<parent>/demo-v1-n{patches}-s{seed}``; the parent is ``$MMVIT_DEMO_DIR`` or
+    """``<parent>/demo-v{VERSION}-n{patches}-s{seed}``; the parent is ``$MMVIT_DEMO_DIR`` or
     ``~/.cache/mmvit-study``, so archives of different sizes and seeds live side by side."""
     parent = Path(os.environ.get("MMVIT_DEMO_DIR") or Path.home() / ".cache" / "mmvit-study")
     return parent.expanduser() / f"demo-v{VERSION}-n{patches}-s{seed}"
@@ -237,7 +250,7 @@ def ensure_demo_archive(patches: int = 600, seed: int = 0) -> Path:
 
 
 def class_probabilities() -> np.ndarray:
-    """Per-class draw probability in canonical order: archive frequency, floored at 3 %."""
+    """Per-class draw probability in canonical order: archive frequency, floored at 6 %."""
     frequency = np.array([CLASS_PATCH_COUNTS[name] / ARCHIVE_PATCHES for name in LABELS_19])
     return np.maximum(frequency, MIN_CLASS_PROBABILITY)
 
@@ -336,7 +349,8 @@ def _render_s2(rng: np.random.Generator, cells: np.ndarray, cell_classes: np.nda
 def _render_s1(rng: np.random.Generator, cells: np.ndarray, cell_classes: np.ndarray) -> dict[str, np.ndarray]:
     """VV and VH backscatter in dB (float32, 120×120) with texture and Gamma speckle."""
     parameters = _s1_parameters()[cell_classes]
-    mean_db = parameters[:, :2] + rng.normal(0, 0.3, size=(len(cell_classes), 2)) + rng.normal(0, 0.3)
+    mean_db = (parameters[:, :2] + rng.normal(0, S1_CELL_SPREAD_DB, size=(len(cell_classes), 2))
+               + rng.normal(0, S1_PATCH_SPREAD_DB))
     strength = parameters[:, 2][cells]
     texture = np.exp(strength * _smooth_field(rng, 24) - strength**2 / 2)
     bands = {}
@@ -478,6 +492,7 @@ def _existing(out: Path, patches: int, seed: int) -> Path:
         return out
     raise DataError(
         f"The folder {out} already exists and is not empty, and it is not a demo archive with "
-        f"patches={patches} and seed={seed} (no matching {MARKER}). The demo writer never mixes "
-        "its files with others: choose a new or empty folder, or delete this one."
+        f"patches={patches} and seed={seed} of generator version {VERSION} (no matching {MARKER}). "
+        "The demo writer never mixes its files with others: choose a new or empty folder, or "
+        "delete this one."
     )
