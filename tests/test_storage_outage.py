@@ -24,7 +24,7 @@ import pytest
 from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError, PendingRollbackError
 
 from mmvit.storage import optuna_adapter
 from mmvit.errors import StudyError
@@ -95,6 +95,35 @@ def test_only_a_lost_connection_counts_as_an_outage(error, lost):
     wrapped.__cause__ = error  # how Optuna's RDBStorage reports an error inside a session
     assert connection_lost(error) is lost
     assert connection_lost(wrapped) is lost
+
+
+def _optunas_fallback_query_on_a_dropped_session() -> StorageInternalError:
+    """The error chain of ``RDBStorage._get_trials`` when the server restarts under its query: the
+    OperationalError is caught ("Falling back to a slower alternative"), the fallback query on the
+    same session raises PendingRollbackError, and the session wrapper raises StorageInternalError
+    from that. The lost connection is only in the implicit context."""
+    try:
+        try:
+            raise OperationalError("SELECT", {}, PgError("terminating connection due to administrator command", "57P01"))
+        except OperationalError:
+            raise PendingRollbackError("Can't reconnect until invalid transaction is rolled back.")
+    except PendingRollbackError as error:
+        try:
+            raise StorageInternalError("An exception is raised during the commit.") from error
+        except StorageInternalError as wrapped:
+            return wrapped
+
+
+def test_a_lost_connection_behind_optunas_own_fallback_query_counts_as_an_outage():
+    """A trial's attempt died on this chain during ``pg_ctl restart`` (Ray ran it again)."""
+    assert connection_lost(_optunas_fallback_query_on_a_dropped_session())
+    try:
+        try:
+            raise dropped()
+        except OperationalError as lost:
+            raise ValueError("a bad value, reported as such") from None
+    except ValueError as error:
+        assert not connection_lost(error)  # `raise … from None` hides the context: not an outage
 
 
 def test_every_storage_method_of_optuna_is_retried_or_needs_no_database():

@@ -97,11 +97,16 @@ def retry_budget() -> float:
 
 
 def _dbapi_error(error: BaseException | None) -> DBAPIError | None:
-    """The SQLAlchemy driver error behind ``error`` (Optuna raises StorageInternalError from it)."""
+    """The SQLAlchemy driver error behind ``error``: Optuna raises StorageInternalError *from* it,
+    and where Optuna catches a driver error and tries again on the same session (``_get_trials``
+    falls back to a slower query after an OperationalError) the second attempt raises SQLAlchemy's
+    PendingRollbackError *while handling* the first, so the chain is followed through the implicit
+    context too, unless a ``raise … from`` suppressed it."""
     for _ in range(8):
         if error is None or isinstance(error, DBAPIError):
             return error
-        error = error.__cause__
+        error = error.__cause__ if error.__cause__ is not None else (
+            None if error.__suppress_context__ else error.__context__)
     return None
 
 
