@@ -27,7 +27,11 @@ def parse_speckle_name(text: str) -> tuple[str, int]:
     return kind, int(digits or 0)
 
 
-def canonical_speckle_name(text: str) -> str:
-    """The name as cache keys and stored configurations spell it (``"Median5 "`` → ``"median5"``)."""
-    kind, size = parse_speckle_name(text)
+def speckle_name(kind: str, size: int) -> str:
+    """The name as cache keys and stored configurations spell it: ``none``, ``median5``, …"""
     return "none" if kind == "none" else f"{kind}{size}"
+
+
+def canonical_speckle_name(text: str) -> str:
+    """``"Median5 "`` → ``"median5"``; DataError for a name outside the grammar."""
+    return speckle_name(*parse_speckle_name(text))

@@ -32,15 +32,16 @@ def _mmvit_imports(path: Path) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mmvit"):
-            found.add(node.module)
+            found.add(node.module)  # and `from mmvit import study` names the module it imports:
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
         elif isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names if alias.name.startswith("mmvit")}
     return found
 
 
-def _reaches(folder_or_file: str, lower_than: tuple[str, ...]) -> dict[str, set[str]]:
+def _reaches(folder_or_file: str, forbidden: tuple[str, ...]) -> dict[str, set[str]]:
     paths = [PACKAGE / folder_or_file] if folder_or_file.endswith(".py") else sorted((PACKAGE / folder_or_file).rglob("*.py"))
-    hits = {str(p.relative_to(PACKAGE)): {m for m in _mmvit_imports(p) if m.startswith(lower_than)} for p in paths}
+    hits = {str(p.relative_to(PACKAGE)): {m for m in _mmvit_imports(p) if m.startswith(forbidden)} for p in paths}
     return {name: modules for name, modules in hits.items() if modules}
 
 

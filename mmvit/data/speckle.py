@@ -36,7 +36,7 @@ import numpy as np
 from scipy import ndimage
 
 from mmvit.errors import DataError
-from mmvit.speckle_names import SIZES, parse_speckle_name, speckle_rule
+from mmvit.speckle_names import SIZES, parse_speckle_name, speckle_name, speckle_rule
 
 S1_IW_GRDH_ENL = 4.4
 """Equivalent number of looks of Sentinel-1 IW GRDH products (ESA product specification)."""
@@ -60,7 +60,7 @@ class SpeckleFilter:
             raise DataError(f"the Lee filter's equivalent number of looks must be > 0, but got {self.enl}.")
 
     def __str__(self) -> str:
-        return "none" if self.kind == "none" else f"{self.kind}{self.size}"
+        return speckle_name(self.kind, self.size)
 
     def apply(self, s1_db: np.ndarray) -> np.ndarray:
         """Filter each channel of a (C, H, W) dB image; returns a new float32 array."""

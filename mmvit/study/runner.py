@@ -32,7 +32,7 @@ from mmvit.record_schema import (SCHEMA_VERSION, StoredArm, StoredSearchStudy, S
                                  write_study)
 from mmvit.study.arms import Arm, comparisons
 from mmvit.study.cluster import use_cluster_token
-from mmvit.study.claims import (Heartbeats, heartbeat_s, fail_stale, live_running, new_driver_id, release_own,
+from mmvit.study.claims import (Heartbeats, fail_stale, live_running, new_driver_id, release_own,
                                  was_interrupted)
 from mmvit.storage.paths import StudyPaths
 from mmvit.study.plan import choose_profile, data_source
@@ -40,7 +40,7 @@ from mmvit.storage.resilient import raise_if_storage_lost
 from mmvit.study.search import best_params, prepare_arm_search, search_study_name
 from mmvit.study.spec import StudyFile, StudySpec, read_study
 from mmvit.study.stopping import StopRequest
-from mmvit.storage.connection import open_storage, redact
+from mmvit.storage.connection import heartbeat_s, open_storage, redact
 from mmvit.study.storage import ensure_study
 from mmvit.study.trial import (PROFILES, QUICK_PROFILE, StudyJob, config_key, profile_overrides,  # noqa: F401
                                profile_plan, run_trial)

@@ -28,10 +28,10 @@ from optuna.trial import TrialState
 from mmvit.config import TrialConfig
 from mmvit.record_schema import StoredTrial, write_trial
 from mmvit.storage import optuna_adapter
-from mmvit.storage.connection import open_storage
+from mmvit.storage.connection import heartbeat_s, open_storage
 from mmvit.storage.shared_path import join, trial_checkpoints
 from mmvit.study.arms import Arm, ablated_keys
-from mmvit.study.claims import Heartbeats, claim, heartbeat_s, interrupt, stale_trials, was_interrupted
+from mmvit.study.claims import Heartbeats, claim, interrupt, stale_trials, was_interrupted
 from mmvit.study.spec import StudySpec
 
 QUICK_PROFILE: dict[str, Any] = {
