@@ -14,7 +14,7 @@ from torchvision.transforms.v2 import functional as F
 
 from mmvit.config import trial_config
 from mmvit.data.batch_augment import (
-    AugmentOptions, draw_batch, draw_boxes, make_tables, resample_batch, resample_torch,
+    AugmentOptions, draw_batch, draw_boxes, make_tables, normalise_batch, resample_batch, resample_torch,
 )
 from mmvit.data.bigearthnet import BigEarthNetMM
 from mmvit.data.loader import BatchLoader, build_datasets, split_arrays
@@ -94,6 +94,30 @@ def test_resampling_equals_the_per_sample_transforms(kind, resampler):
     _assert_float32_close(actual, expected)
     assert torch.equal(actual[~keep], torch.zeros_like(actual[~keep]))  # dropped: exactly zero
     assert (actual[keep].flatten(1).abs().amax(1) > 0).all()
+
+
+@pytest.mark.parametrize("augment", [True, False])
+@pytest.mark.parametrize("kind", ["s2", "s1-float32", "s1-float16"])
+def test_rows_and_channels_read_in_place_equal_the_gathered_batch(kind, augment):
+    # The CPU kernels read a batch's rows straight from the (memory-mapped) cache; the rows of
+    # a batch are sorted but not contiguous, and RGB takes channels out of order.
+    generator = torch.Generator().manual_seed(11)
+    cache, shift, scale = _source(kind, 9, generator)
+    rows = torch.tensor([0, 2, 3, 7, 8])
+    channels = torch.tensor([2, 1, 0]) if cache.shape[1] > 2 else torch.tensor([1, 0])
+    shift, scale = shift[channels], scale[channels]
+    gathered = cache[rows][:, channels].contiguous()
+    if augment:
+        tables = make_tables(torch.randint(8, (5,), generator=generator),
+                             draw_boxes(5, generator, (0.5, 1.0), (3 / 4, 4 / 3)))
+        keep = torch.tensor([True, True, False, True, True])
+        expected = resample_torch(gathered, tables, keep, shift, scale)
+        actual = resample_batch(cache, tables, keep, shift, scale, index=rows, channels=channels)
+    else:
+        expected = (gathered.float() - shift.view(1, -1, 1, 1)) * scale.view(1, -1, 1, 1)
+        actual = normalise_batch(cache, shift, scale, index=rows, channels=channels)
+    assert actual.shape == (5, len(channels), SIZE, SIZE)
+    _assert_float32_close(actual, expected)
 
 
 def _eight(image: torch.Tensor) -> list[torch.Tensor]:

@@ -97,7 +97,7 @@ def _axis_table(start: torch.Tensor, length: torch.Tensor, flip: torch.Tensor,
     scale = length.float()[:, None] / size
     out = torch.arange(size, dtype=torch.float32)[None, :]
     source = (scale * (out + 0.5) - 0.5).clamp(min=0)
-    low = source.floor().long()
+    low = source.long()  # truncation is floor here: the coordinate is clamped at 0
     weight = source - low
     high = low + (low < length[:, None] - 1).long()
     low, high = low + start[:, None], high + start[:, None]
@@ -196,21 +196,63 @@ def set_cpu_threads() -> None:
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
 
 
+def _select(source: torch.Tensor, index: torch.Tensor | None, channels: torch.Tensor | None) -> torch.Tensor:
+    """``source[index][:, channels]`` (``None``: all), as one gather per axis."""
+    if index is not None:
+        source = source.index_select(0, index.to(source.device))
+    if channels is not None:
+        source = source.index_select(1, channels.to(source.device))
+    return source
+
+
+def _kernel_inputs(source: torch.Tensor, index: torch.Tensor | None, channels: torch.Tensor | None):
+    """What the CPU kernels read: the whole array (a memory-mapped cache is read in place), the
+    rows and channels to take, as numpy. numba has no half floats: a float16 source (the S1
+    cache's option) is gathered and converted first."""
+    if source.dtype == torch.float16:
+        source, index = _select(source, index, None).float(), None
+    rows = torch.arange(len(source)) if index is None else index
+    channels = torch.arange(source.shape[1]) if channels is None else channels
+    return source.numpy(), rows.numpy(), channels.numpy()
+
+
+def _cpu_output(out: torch.Tensor | None, count: int, channels: int, size: int) -> torch.Tensor:
+    return torch.empty((count, channels, size, size)) if out is None else out
+
+
 def resample_batch(source: torch.Tensor, tables: Tables, keep: torch.Tensor, shift: torch.Tensor,
-                   scale: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """:func:`resample_torch`'s result, from the numba kernel when ``source`` is on a CPU."""
+                   scale: torch.Tensor, out: torch.Tensor | None = None, *,
+                   index: torch.Tensor | None = None, channels: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`resample_torch` of ``source[index][:, channels]`` (``None``: all), from the numba
+    kernel when ``source`` is on a CPU, which reads the selected rows in place (a memory-mapped
+    cache is never copied)."""
     if source.device.type != "cpu":
-        return resample_torch(source, tables, keep, shift, scale, out)
+        return resample_torch(_select(source, index, channels), tables, keep, shift, scale, out)
     from mmvit.data._resample_cpu import resample
 
     set_cpu_threads()
-    size = tables.rows0.shape[1]
-    if source.dtype == torch.float16:  # numba has no half floats: one conversion pass
-        source = source.float()
-    if out is None:
-        out = torch.empty((source.shape[0], source.shape[1], size, size), dtype=torch.float32)
-    resample(source.numpy(), *(t.numpy() for t in (tables.rows0, tables.rows1, tables.row_weight,
-                                                    tables.cols0, tables.cols1, tables.col_weight,
-                                                    tables.transpose)),
+    array, rows, picked = _kernel_inputs(source, index, channels)
+    out = _cpu_output(out, len(rows), len(picked), tables.rows0.shape[1])
+    resample(array, rows, picked, *(t.numpy() for t in (tables.rows0, tables.rows1, tables.row_weight,
+                                                         tables.cols0, tables.cols1, tables.col_weight,
+                                                         tables.transpose)),
              keep.numpy(), shift.float().numpy(), scale.float().numpy(), out.numpy())
+    return out
+
+
+def normalise_batch(source: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
+                    out: torch.Tensor | None = None, *, index: torch.Tensor | None = None,
+                    channels: torch.Tensor | None = None) -> torch.Tensor:
+    """``(source[index][:, channels] - shift) * scale`` per channel: one numba pass that reads
+    the selected rows in place on CPUs, torch elsewhere."""
+    if source.device.type != "cpu":
+        view = (1, -1, 1, 1)
+        result = (as_float(_select(source, index, channels)) - shift.view(view)).mul_(scale.view(view))
+        return result if out is None else out.copy_(result)
+    from mmvit.data._resample_cpu import normalise
+
+    set_cpu_threads()
+    array, rows, picked = _kernel_inputs(source, index, channels)
+    out = _cpu_output(out, len(rows), len(picked), source.shape[-1])
+    normalise(array, rows, picked, shift.float().numpy(), scale.float().numpy(), out.numpy())
     return out

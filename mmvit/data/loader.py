@@ -8,7 +8,8 @@ the augmentation of a 1024-patch batch in well under a millisecond. So a batch i
 one call (S2 as uint16 and S1 as stored, into pinned memory on GPUs), copied to the device
 without blocking while the previous batch trains (a background thread stays one batch ahead),
 and normalised, flipped, cropped and dropped there (:mod:`mmvit.data.batch_augment`). On a CPU
-the batch is gathered in line: the cores that would run the thread are the ones training.
+there is no copy at all: the kernels read each batch's rows in place from the memory map while
+they normalise and augment, in line (the cores that would run a thread are the ones training).
 
 Reproducible: a batch's order and augmentation draws come from one CPU generator seeded per
 epoch, so arms that share a seed see the same batches, and a resumed epoch repeats them.
@@ -30,13 +31,14 @@ import torch
 
 from mmvit.config import TrialConfig
 from mmvit.data.bands import input_channels
-from mmvit.data.batch_augment import AugmentOptions, as_float, draw_batch, resample_batch, set_cpu_threads
+from mmvit.data.batch_augment import AugmentOptions, BatchDraws, draw_batch, normalise_batch, resample_batch
 from mmvit.data.bigearthnet import BigEarthNetMM
 from mmvit.data.cache import default_cache_dir
 from mmvit.data.transforms import channel_affine
 
 Batch = dict[str, torch.Tensor]
 INPUT_KEYS = ("s2", "s1")  # model input keys; the dataset's image_s2 / image_s1
+DRAW_AHEAD = 8  # batches whose augmentation draws are made together (a few MB each at batch 1024)
 
 
 @dataclass
@@ -155,9 +157,9 @@ class BatchLoader:
             shift, scale = normalisation.get(key, (torch.zeros(1), torch.ones(1)))
             self.normalisation[key] = (shift.expand(channels).contiguous().to(device),
                                        scale.expand(channels).contiguous().to(device))
+        self._channels = {"s2": torch.tensor(split.s2_channels)} if split.s2_channels is not None else {}
         self._pin = device.type == "cuda"
         self._outputs: dict[str, torch.Tensor] = {}
-        self._reused_host: Batch | None = None
 
     def __len__(self) -> int:
         return math.ceil(len(self.split) / self.batch_size)
@@ -210,15 +212,13 @@ class BatchLoader:
 
     def _host_batches(self, order: list[torch.Tensor]) -> Iterator[Batch]:
         if not self.prefetch:
-            # On a CPU one host buffer serves every batch: the batch is normalised into the
-            # output buffers before the next gather, and a fresh 70 MB allocation per batch of
-            # 256 page-faults (it cost more than the gather itself). A device copy may still be
-            # reading its source when the next gather starts, so there each batch gets its own.
-            if self.device.type == "cpu" and self._reused_host is None:
-                self._reused_host = self._host_buffers()  # kept across epochs, like the outputs
-            reuse = self._reused_host if self.device.type == "cpu" else None
             for rows in order:
-                batch = self.split.gather(rows, reuse)
+                if self.device.type == "cpu":
+                    # The CPU kernels read the images in place from the memory map: only the
+                    # labels are gathered, and ``rows`` says where the images are.
+                    yield {"label": torch.index_select(self.split.labels, 0, rows), "rows": rows}
+                    continue
+                batch = self.split.gather(rows)
                 yield {k: v.to(self.device, non_blocking=self._pin) for k, v in batch.items()}
             return
         handoff: queue.Queue = queue.Queue(maxsize=1)
@@ -252,38 +252,38 @@ class BatchLoader:
             buffer = self._outputs[key] = torch.empty((self.batch_size, channels, size, size))
         return buffer[:count]
 
+    def _draw_ahead(self, chunks: list[torch.Tensor], generator: torch.Generator) -> list[BatchDraws]:
+        """The draws of the next few batches, in batch order from the epoch's generator (the same
+        numbers as one batch at a time). Drawn together because a batch's augmentation streams
+        tens of MB through the caches, and the small torch operations of the draws that follow
+        it then ran 2-4x slower than in a row."""
+        return [draw_batch(len(rows), self.keys, self.augment, generator) for rows in chunks]
+
     def batches(self, seed: int = 0) -> Iterator[Batch]:
         """Every batch of the split once: model inputs ``s2``/``s1`` (float32) and ``label``."""
         generator = torch.Generator().manual_seed(seed)
         order = self._order(generator)
-        for host in self._host_batches(order):
+        ahead: list[BatchDraws] = []
+        for position, host in enumerate(self._host_batches(order)):
             count = len(host["label"])
-            draws = (draw_batch(count, self.keys, self.augment, generator)
-                     if self.augment is not None else None)
+            draws = None
+            if self.augment is not None:
+                if not ahead:
+                    ahead = self._draw_ahead(order[position:position + DRAW_AHEAD], generator)
+                draws = ahead.pop(0)
             batch: Batch = {"label": host["label"].float()}
             for key in self.keys:
-                source = host[key]
-                if key == "s2" and self.split.s2_channels is not None:
-                    source = source[:, self.split.s2_channels]
+                # Either the whole memory-mapped array and the batch's rows in it (CPU), or the
+                # gathered batch on the device.
+                source, index = ((self.split.images[key], host["rows"]) if "rows" in host
+                                 else (host[key], None))
+                channels = self._channels.get(key)
                 shift, scale = self.normalisation[key]
-                out = self._output(key, count, source.shape[1])
+                out = self._output(key, count, len(shift))
                 if draws is None:
-                    batch[key] = _normalise(source, shift, scale, out)
+                    batch[key] = normalise_batch(source, shift, scale, out, index=index, channels=channels)
                 else:
                     batch[key] = resample_batch(source, draws.tables[key].to(self.device),
-                                                draws.keep[key].to(self.device), shift, scale, out)
+                                                draws.keep[key].to(self.device), shift, scale, out,
+                                                index=index, channels=channels)
             yield batch
-
-
-def _normalise(source: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
-               out: torch.Tensor | None) -> torch.Tensor:
-    """``(source - shift) * scale`` per channel: one numba pass on CPUs, torch elsewhere."""
-    if out is None or source.dtype == torch.float16:
-        view = (1, -1, 1, 1)
-        result = (as_float(source) - shift.view(view)).mul_(scale.view(view))
-        return result if out is None else out.copy_(result)
-    from mmvit.data._resample_cpu import normalise
-
-    set_cpu_threads()
-    normalise(source.numpy(), shift.numpy(), scale.numpy(), out.numpy())
-    return out
