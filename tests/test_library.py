@@ -89,16 +89,17 @@ def test_study_file_runs_end_to_end_in_the_quick_profile(ray_session, tmp_path, 
     _run_and_check(path, tmp_path, demo_root, "quick")
 
 
-def test_quick_profile_keeps_the_paired_seeds_that_fit_its_budget():
-    from mmvit.study.trial import QUICK_FINAL_TRIALS, profile_plan
+def test_quick_profile_keeps_three_paired_seeds_and_more_where_they_fit():
+    from mmvit.study.trial import QUICK_FINAL_TRIALS, QUICK_MIN_SEEDS, profile_plan
 
     kept = {}
     for path in FILES:
         spec = load_spec(path, check_models=False)
         seeds, _ = profile_plan(spec, "quick")
-        assert seeds == spec.seeds[:len(seeds)] and len(seeds) >= 1, path.name
-        assert len(seeds) * len(spec.arms) <= QUICK_FINAL_TRIALS or len(seeds) == 1, path.name
+        assert seeds == spec.seeds[:len(seeds)], path.name
+        assert len(seeds) >= min(QUICK_MIN_SEEDS, len(spec.seeds)), f"{path.name}: a quick report without a paired test"
+        assert len(seeds) * len(spec.arms) <= QUICK_FINAL_TRIALS or len(seeds) == QUICK_MIN_SEEDS, path.name
         assert len(seeds) == len(spec.seeds) or (len(seeds) + 1) * len(spec.arms) > QUICK_FINAL_TRIALS, path.name
         assert profile_plan(spec, "full")[0] == spec.seeds
         kept[path.stem] = len(seeds)
-    assert kept["known_answer"] == 3 and kept["modality_baselines"] == 3 and kept["depth"] == 1
+    assert kept["known_answer"] == 3 and kept["modality_baselines"] == 3 and kept["depth"] == 3

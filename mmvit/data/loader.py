@@ -38,7 +38,7 @@ from mmvit.data.transforms import channel_affine
 
 Batch = dict[str, torch.Tensor]
 INPUT_KEYS = ("s2", "s1")  # model input keys; the dataset's image_s2 / image_s1
-DRAW_AHEAD = 8  # batches whose augmentation draws are made together (a few MB each at batch 1024)
+DRAW_AHEAD = 8  # batches whose augmentation draws are made together (their tables: ~10 MB a batch of 1024)
 
 
 @dataclass

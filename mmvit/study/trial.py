@@ -49,8 +49,13 @@ At 12 epochs and a one-epoch warm-up the deepest dual encoders (SCT at depth 12:
 width 64) were still rising and two arms of depth.yaml ended at test AP macro 0.38–0.39."""
 
 QUICK_FINAL_TRIALS = 15
-"""The quick profile's budget of final trials: a study keeps as many of its paired seeds as fit
-(at least one); under three no test runs, and the report says so."""
+"""The quick profile's budget of final trials: a study keeps as many of its paired seeds as fit,
+but never fewer than :data:`QUICK_MIN_SEEDS` (a study's verdict is its paired test)."""
+
+QUICK_MIN_SEEDS = 3
+"""The fewest paired seeds a quick study keeps (all of the file's, if it has fewer): a paired
+t-test needs three, and a report of one seed per arm is a ranking of noise. ``depth.yaml``'s 12
+arms therefore run 36 trials, not 12."""
 
 SMOKE_PROFILE: dict[str, Any] = {**QUICK_PROFILE, "train.epochs": 1, "train.warmup_epochs": 0,
                                   "data.max_train_patches": 128}
@@ -77,12 +82,13 @@ def profile_overrides(spec: StudySpec, profile: str) -> dict[str, Any]:
 
 def profile_plan(spec: StudySpec, profile: str) -> tuple[list[int], int]:
     """(seeds, search trials per arm) a profile runs: the smoke profile cuts both, the quick one
-    keeps the first seeds that fit :data:`QUICK_FINAL_TRIALS` final trials (at least one)."""
+    keeps the first seeds that fit :data:`QUICK_FINAL_TRIALS` final trials, and at least
+    :data:`QUICK_MIN_SEEDS` of them."""
     trials = spec.search.trials_per_arm if spec.search else 0
     if profile == "smoke":
         return spec.seeds[:1], min(trials, SMOKE_SEARCH_TRIALS)
     if profile == "quick":
-        return spec.seeds[:max(1, QUICK_FINAL_TRIALS // len(spec.arms))], trials
+        return spec.seeds[:max(QUICK_MIN_SEEDS, QUICK_FINAL_TRIALS // len(spec.arms))], trials
     return list(spec.seeds), trials
 
 
