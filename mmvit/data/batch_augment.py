@@ -216,10 +216,6 @@ def _kernel_inputs(source: torch.Tensor, index: torch.Tensor | None, channels: t
     return source.numpy(), rows.numpy(), channels.numpy()
 
 
-def _cpu_output(out: torch.Tensor | None, count: int, channels: int, size: int) -> torch.Tensor:
-    return torch.empty((count, channels, size, size)) if out is None else out
-
-
 def resample_batch(source: torch.Tensor, tables: Tables, keep: torch.Tensor, shift: torch.Tensor,
                    scale: torch.Tensor, out: torch.Tensor | None = None, *,
                    index: torch.Tensor | None = None, channels: torch.Tensor | None = None) -> torch.Tensor:
@@ -232,7 +228,8 @@ def resample_batch(source: torch.Tensor, tables: Tables, keep: torch.Tensor, shi
 
     set_cpu_threads()
     array, rows, picked = _kernel_inputs(source, index, channels)
-    out = _cpu_output(out, len(rows), len(picked), tables.rows0.shape[1])
+    size = tables.rows0.shape[1]
+    out = torch.empty((len(rows), len(picked), size, size)) if out is None else out
     resample(array, rows, picked, *(t.numpy() for t in (tables.rows0, tables.rows1, tables.row_weight,
                                                          tables.cols0, tables.cols1, tables.col_weight,
                                                          tables.transpose)),
@@ -253,6 +250,7 @@ def normalise_batch(source: torch.Tensor, shift: torch.Tensor, scale: torch.Tens
 
     set_cpu_threads()
     array, rows, picked = _kernel_inputs(source, index, channels)
-    out = _cpu_output(out, len(rows), len(picked), source.shape[-1])
+    size = source.shape[-1]
+    out = torch.empty((len(rows), len(picked), size, size)) if out is None else out
     normalise(array, rows, picked, shift.float().numpy(), scale.float().numpy(), out.numpy())
     return out

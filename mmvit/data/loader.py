@@ -157,7 +157,9 @@ class BatchLoader:
             shift, scale = normalisation.get(key, (torch.zeros(1), torch.ones(1)))
             self.normalisation[key] = (shift.expand(channels).contiguous().to(device),
                                        scale.expand(channels).contiguous().to(device))
-        self._channels = {"s2": torch.tensor(split.s2_channels)} if split.s2_channels is not None else {}
+        # On the training device: a GPU batch takes its channels there without a copy per batch.
+        self._channels = ({"s2": torch.tensor(split.s2_channels, device=device)}
+                          if split.s2_channels is not None else {})
         self._pin = device.type == "cuda"
         self._outputs: dict[str, torch.Tensor] = {}
 
