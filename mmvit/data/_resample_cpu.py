@@ -6,11 +6,14 @@ batch is never copied into a staging buffer first: on 2 cores that copy cost as 
 of an augmented batch.
 
 Per sample and channel the separable bilinear resampling runs in two sweeps, one that the
-compiler vectorises (a weighted sum of two whole rows) and one scalar gather inside a row of
-the small intermediate plane. Which is which depends on the dihedral transform: a plain sample
-gathers along the source rows first (only the rows the crop touches) and then blends whole
-intermediate rows into output rows; a transposed sample blends whole source rows (its output
-columns) first and then gathers along them. So no sample needs a transposed copy of its source.
+compiler vectorises (a weighted sum of two whole rows) and one gather inside a row of the small
+intermediate plane. Which is which depends on the dihedral transform: a plain sample gathers
+along the source rows first (only the rows the crop touches) and then blends whole intermediate
+rows into output rows; a transposed sample blends whole source rows (its output columns) first
+and then gathers along them, in 16 × 16 tiles transposed in registers. So no sample needs a
+transposed copy of its source. On AVX-512 CPUs the gathers are permutes
+(:mod:`mmvit.data._permute_lerp`, 5–10× faster); elsewhere, and for any table a permute window
+cannot hold, they are the scalar loops below.
 Called from one thread at a time (the work-queue threading layer below is not re-entrant).
 """
 
@@ -21,6 +24,8 @@ import os
 import numba
 import numpy as np
 from numba import njit, prange
+
+from mmvit.data._permute_lerp import PERMUTE_GATHER, WIDTH, WINDOW, lerp16, lerp16_tile
 
 if "NUMBA_THREADING_LAYER" not in os.environ:
     # numba's default OpenMP pool spins between kernels: two trials side by side on one
@@ -72,6 +77,56 @@ def _gather_along_columns(between, first, rows0, rows1, row_weight, shift, scale
             target[j] = (a + weight * (between[j, high] - a) - shift) * scale
 
 
+@njit(inline="always", boundscheck=False)
+def _block_tables(low, high, weight, offset, width, places, indices, weights):
+    """The permute gather's tables for one axis. Per block of 16 outputs (the last block ends
+    at the last output): ``places[:, block]`` = (window start in a row of ``width`` values, first
+    output), ``indices[:, block * 16 + t]`` = low and high index minus ``offset`` relative to the
+    window, ``weights`` likewise. False where a block spans more than one window (a
+    downsampling table, or rows shorter than a window), which then takes the scalar loop."""
+    count = len(low)
+    if count < WIDTH:
+        return False
+    for block in range(places.shape[1]):
+        first = min(block * WIDTH, count - WIDTH)
+        lowest, highest = low[first], low[first]
+        for t in range(first, first + WIDTH):
+            lowest = min(lowest, low[t], high[t])
+            highest = max(highest, low[t], high[t])
+        start = min(lowest - offset, width - WINDOW)
+        if start < 0 or highest - offset - start >= WINDOW:
+            return False
+        places[0, block], places[1, block] = start, first
+        for t in range(WIDTH):
+            indices[0, block * WIDTH + t] = low[first + t] - offset - start
+            indices[1, block * WIDTH + t] = high[first + t] - offset - start
+            weights[block * WIDTH + t] = weight[first + t]
+    return True
+
+
+@njit(inline="always", boundscheck=False)
+def _permute_along_rows(plane, first, last, places, indices, weights, between):
+    """:func:`_gather_along_rows` with the AVX-512 permute gather."""
+    starts, firsts, low, high = places[0], places[1], indices[0], indices[1]
+    for y in range(first, last + 1):
+        row, target = plane[y], between[y - first]
+        for block in range(len(starts)):
+            lerp16(row, starts[block], low, high, weights, block * WIDTH, target, firsts[block])
+
+
+@njit(inline="always", boundscheck=False)
+def _permute_along_columns(between, places, indices, weights, shift, scale, out):
+    """:func:`_gather_along_columns` with the AVX-512 permute gather, in 16 × 16 tiles
+    transposed in registers (the one transposition a transposed sample needs)."""
+    starts, firsts, low, high = places[0], places[1], indices[0], indices[1]
+    width = out.shape[1]
+    for tile in range((width + WIDTH - 1) // WIDTH):
+        column = min(tile * WIDTH, width - WIDTH)
+        for block in range(len(starts)):
+            lerp16_tile(between, column, starts[block], low, high, weights, block * WIDTH, out, firsts[block],
+                        shift, scale)
+
+
 @njit(parallel=True, cache=True, nogil=True, fastmath=True, boundscheck=False)
 def resample(cache, index, channels, rows0, rows1, row_weight, cols0, cols1, col_weight, transpose,
              keep, shift, scale, out):  # pragma: no cover - compiled
@@ -82,6 +137,13 @@ def resample(cache, index, channels, rows0, rows1, row_weight, cols0, cols1, col
         between = np.empty((max(height, cache.shape[2]), max(width, cache.shape[3])), np.float32)
         r0, r1 = rows0[b], rows1[b]
         first, last = min(r0.min(), r1.min()), max(r0.max(), r1.max())
+        axis = height if transpose[b] else width  # the axis the gather runs along
+        places = np.empty((2, (axis + WIDTH - 1) // WIDTH), np.int64)
+        indices = np.empty((2, places.shape[1] * WIDTH), np.int32)
+        weights = np.empty(indices.shape[1], np.float32)
+        permute = PERMUTE_GATHER and (
+            _block_tables(r0, r1, row_weight[b], first, between.shape[1], places, indices, weights) if transpose[b]
+            else _block_tables(cols0[b], cols1[b], col_weight[b], 0, cache.shape[3], places, indices, weights))
         for c in range(count):
             if not keep[b]:
                 out[b, c] = 0.0
@@ -89,9 +151,15 @@ def resample(cache, index, channels, rows0, rows1, row_weight, cols0, cols1, col
             plane = cache[index[b], channels[c]]
             if transpose[b]:
                 _blend_source_rows(plane, first, last, cols0[b], cols1[b], col_weight[b], between)
-                _gather_along_columns(between, first, r0, r1, row_weight[b], shift[c], scale[c], out[b, c])
+                if PERMUTE_GATHER and permute:
+                    _permute_along_columns(between, places, indices, weights, shift[c], scale[c], out[b, c])
+                else:
+                    _gather_along_columns(between, first, r0, r1, row_weight[b], shift[c], scale[c], out[b, c])
             else:
-                _gather_along_rows(plane, first, last, cols0[b], cols1[b], col_weight[b], between)
+                if PERMUTE_GATHER and permute:
+                    _permute_along_rows(plane, first, last, places, indices, weights, between)
+                else:
+                    _gather_along_rows(plane, first, last, cols0[b], cols1[b], col_weight[b], between)
                 _blend_rows(between, first, r0, r1, row_weight[b], shift[c], scale[c], out[b, c])
 
 
