@@ -1,9 +1,13 @@
-"""Contract of the AVX-512 permute gathers (:mod:`mmvit.data._permute_lerp`): the one place the
+"""Contract of the AVX-512 permute gathers (:mod:`mmvit.data._resample_cpu`): the one place the
 project emits an x86 intrinsic. Each permute pass must equal the scalar loop it replaces, on
 every table the loader draws (flips, transposes, edge boxes), and LLVM must really lower it to a
 permute instruction (a renamed intrinsic would otherwise fail to compile, or silently slow)."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,8 +15,8 @@ import torch
 from numba import njit
 
 from mmvit.data import _resample_cpu as kernel
-from mmvit.data._permute_lerp import PERMUTE_GATHER, WIDTH
-from mmvit.data.batch_augment import draw_boxes, make_tables
+from mmvit.data._resample_cpu import PERMUTE_GATHER, WIDTH
+from mmvit.data.batch_augment import Tables, draw_boxes, make_tables, resample_batch, resample_torch
 
 SIZE = 120
 EDGE_BOXES = [[0, 0, 16, 16], [104, 0, 16, 120], [0, 104, 120, 16], [117, 3, 3, 40], [0, 0, 120, 120]]
@@ -55,11 +59,14 @@ def _both_ways(plane, rows0, rows1, row_weight, cols0, cols1, col_weight, shift,
             permuted[0, b, : last - first + 1] = between[: last - first + 1]
             kernel._gather_along_rows(plane, first, last, cols0[b], cols1[b], col_weight[b], between)
             scalar[0, b, : last - first + 1] = between[: last - first + 1]
-        # transposed: gather along the blended rows (the block tables of the rows)
-        kernel._blend_source_rows(plane, first, last, cols0[b], cols1[b], col_weight[b], between)
-        if kernel._block_tables(r0, r1, row_weight[b], first, between.shape[1], places, indices, weights):
+        # transposed: gather along source rows with the row table, blend rows into columns
+        if kernel._block_tables(r0, r1, row_weight[b], 0, plane.shape[1], places, indices, weights):
             taken[1, b] = 1
-            kernel._permute_along_columns(between, places, indices, weights, shift, scale, permuted[1, b])
+            c0, c1 = cols0[b], cols1[b]
+            top, bottom = min(c0.min(), c1.min()), max(c0.max(), c1.max())
+            kernel._permute_along_rows(plane, top, bottom, places, indices, weights, between)
+            kernel._blend_tiles(between, top, c0, c1, col_weight[b], shift, scale, permuted[1, b])
+            kernel._blend_source_rows(plane, first, last, c0, c1, col_weight[b], between)
             kernel._gather_along_columns(between, first, r0, r1, row_weight[b], shift, scale, scalar[1, b])
     return permuted, scalar, taken
 
@@ -107,3 +114,54 @@ def test_block_tables_hold_upsampling_and_refuse_the_rest():
 @njit
 def _block_tables(low, high, weight, offset, width, places, indices, weights):
     return kernel._block_tables(low, high, weight, offset, width, places, indices, weights)
+
+
+def _arbitrary_tables(count: int, seed: int) -> Tables:
+    """Tables no crop produces: indices anywhere in the patch, in any order (a window of 32
+    cannot hold them), random weights and transposes."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def index() -> torch.Tensor:
+        return torch.randint(SIZE, (count, SIZE), generator=generator)
+
+    def weight() -> torch.Tensor:
+        return torch.rand(count, SIZE, generator=generator)
+
+    return Tables(index(), index(), weight(), index(), index(), weight(),
+                  torch.rand(count, generator=generator) < 0.5)
+
+
+def test_the_kernel_takes_the_scalar_loops_where_a_window_cannot_hold_the_table():
+    # On AVX-512 hosts this runs the kernel's scalar branch (the block tables refuse these
+    # tables); elsewhere it is the only branch. resample_torch defines the semantics.
+    generator = torch.Generator().manual_seed(8)
+    source = torch.randint(0, 10001, (6, 3, SIZE, SIZE), generator=generator).to(torch.uint16)
+    tables, keep = _arbitrary_tables(6, seed=9), torch.tensor([True, True, True, True, True, False])
+    shift, scale = torch.tensor([3000.0, 2000.0, 1000.0]), torch.tensor([1e-3, 2e-3, 5e-4])
+
+    actual = resample_batch(source, tables, keep, shift, scale)
+
+    torch.testing.assert_close(actual, resample_torch(source, tables, keep, shift, scale), rtol=0, atol=1e-4)
+
+
+def test_the_kernel_without_avx512_equals_the_torch_path(tmp_path):
+    # NUMBA_ENABLE_AVX=0 compiles for no AVX at all: PERMUTE_GATHER is false and the kernel is
+    # the scalar loops only (a fresh numba cache, since the flag is frozen into compiled code).
+    script = (
+        "import torch\n"
+        "from mmvit.data import _resample_cpu\n"
+        "from mmvit.data.batch_augment import draw_boxes, make_tables, resample_batch, resample_torch\n"
+        "assert not _resample_cpu.PERMUTE_GATHER\n"
+        "g = torch.Generator().manual_seed(4)\n"
+        "source = torch.randint(0, 10001, (16, 2, 120, 120), generator=g).to(torch.uint16)\n"
+        "tables = make_tables(torch.arange(16) % 8, draw_boxes(16, g, (0.05, 1.0), (1 / 3, 3.0)))\n"
+        "keep, shift, scale = torch.ones(16, dtype=torch.bool), torch.tensor([3e3, 2e3]), torch.tensor([1e-3, 2e-3])\n"
+        "torch.testing.assert_close(resample_batch(source, tables, keep, shift, scale),\n"
+        "                           resample_torch(source, tables, keep, shift, scale), rtol=0, atol=1e-4)\n"
+        "print('scalar kernel ok')\n"
+    )
+    env = {**os.environ, "NUMBA_ENABLE_AVX": "0", "NUMBA_CACHE_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "scalar kernel ok" in result.stdout
