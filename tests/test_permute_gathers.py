@@ -53,14 +53,14 @@ def _both_ways(plane, rows0, rows1, row_weight, cols0, cols1, col_weight, shift,
         r0, r1 = rows0[b], rows1[b]
         first, last = min(r0.min(), r1.min()), max(r0.max(), r1.max())
         # plain: gather along source rows (the block tables of the columns)
-        if kernel._block_tables(cols0[b], cols1[b], col_weight[b], 0, plane.shape[1], places, indices, weights):
+        if kernel._block_tables(cols0[b], cols1[b], col_weight[b], plane.shape[1], places, indices, weights):
             taken[0, b] = 1
             kernel._permute_along_rows(plane, first, last, places, indices, weights, between)
             permuted[0, b, : last - first + 1] = between[: last - first + 1]
             kernel._gather_along_rows(plane, first, last, cols0[b], cols1[b], col_weight[b], between)
             scalar[0, b, : last - first + 1] = between[: last - first + 1]
         # transposed: gather along source rows with the row table, blend rows into columns
-        if kernel._block_tables(r0, r1, row_weight[b], 0, plane.shape[1], places, indices, weights):
+        if kernel._block_tables(r0, r1, row_weight[b], plane.shape[1], places, indices, weights):
             taken[1, b] = 1
             c0, c1 = cols0[b], cols1[b]
             top, bottom = min(c0.min(), c1.min()), max(c0.max(), c1.max())
@@ -72,7 +72,7 @@ def _both_ways(plane, rows0, rows1, row_weight, cols0, cols1, col_weight, shift,
 
 
 @needs_avx512
-@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32, np.float64])
 def test_permute_passes_equal_the_scalar_loops(dtype):
     rng = np.random.default_rng(5)
     plane = (rng.random((SIZE, SIZE)) * 10000).astype(dtype)
@@ -94,7 +94,7 @@ def test_block_tables_hold_upsampling_and_refuse_the_rest():
 
     for low, high, weight in (tables[0:3], tables[3:6]):
         for b in range(len(low)):
-            assert _block_tables(low[b], high[b], weight[b], 0, SIZE, places, indices, weights)
+            assert _block_tables(low[b], high[b], weight[b], SIZE, places, indices, weights)
             assert indices.min() >= 0 and indices.max() < 2 * WIDTH
             assert (places[0] >= 0).all() and (places[0] + 2 * WIDTH <= SIZE).all()
             for block in range(8):  # each index, relative to its window, points where the table did
@@ -104,16 +104,16 @@ def test_block_tables_hold_upsampling_and_refuse_the_rest():
                 np.testing.assert_array_equal(start + indices[1, block * WIDTH:(block + 1) * WIDTH],
                                               high[b, first:first + WIDTH])
     every_third = np.arange(0, 3 * SIZE, 3)  # downsampling by 3: 16 outputs span 46 sources
-    assert not _block_tables(every_third, every_third + 1, weights[:SIZE], 0, 3 * SIZE, places, indices, weights)
+    assert not _block_tables(every_third, every_third + 1, weights[:SIZE], 3 * SIZE, places, indices, weights)
     short = np.arange(8)  # fewer outputs than a block
-    assert not _block_tables(short, short, weights[:8], 0, SIZE, places, indices, weights)
+    assert not _block_tables(short, short, weights[:8], SIZE, places, indices, weights)
     narrow = np.arange(SIZE) // 8  # rows narrower than a window
-    assert not _block_tables(narrow, narrow, weights[:SIZE], 0, 16, places, indices, weights)
+    assert not _block_tables(narrow, narrow, weights[:SIZE], 16, places, indices, weights)
 
 
 @njit
-def _block_tables(low, high, weight, offset, width, places, indices, weights):
-    return kernel._block_tables(low, high, weight, offset, width, places, indices, weights)
+def _block_tables(low, high, weight, width, places, indices, weights):
+    return kernel._block_tables(low, high, weight, width, places, indices, weights)
 
 
 def _arbitrary_tables(count: int, seed: int) -> Tables:

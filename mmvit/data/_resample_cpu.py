@@ -72,21 +72,23 @@ _VPERMI2PS = "llvm.x86.avx512.vpermi2var.ps.512"
 
 
 def _blend(context, builder, element, window_at, tables, table_at):
-    """IR of 16 blended samples: the 32 values of type ``element`` from pointer ``window_at``,
-    two permutes with the (low, high, weight) ``tables`` arrays at ``table_at``, a blend."""
+    """IR of 16 blended samples: the 32 values of numba type ``element`` from pointer
+    ``window_at`` as float32, two permutes with the (low, high, weight) ``tables`` arrays at
+    ``table_at``, a blend."""
     f32, i32 = ir.FloatType(), ir.IntType(32)
     floats, ints = ir.VectorType(f32, WIDTH), ir.VectorType(i32, WIDTH)
 
     def load(pointer, vector):
         return builder.load(builder.bitcast(pointer, vector.as_pointer()), align=1)
 
-    if isinstance(element, ir.IntType):  # uint16 S2: one load, widened to float32
-        window = builder.uitofp(load(window_at, ir.VectorType(element, WINDOW)), ir.VectorType(f32, WINDOW))
-        first = builder.shuffle_vector(window, window, ir.Constant(ints, list(range(WIDTH))))
-        second = builder.shuffle_vector(window, window, ir.Constant(ints, list(range(WIDTH, WINDOW))))
-    else:
-        first = load(window_at, floats)
-        second = load(builder.gep(window_at, [ir.Constant(ir.IntType(64), WIDTH)]), floats)
+    window = load(window_at, ir.VectorType(context.get_value_type(element), WINDOW))
+    wide = ir.VectorType(f32, WINDOW)
+    if isinstance(element, types.Integer):  # uint16 S2 (one load, widened on the way)
+        window = (builder.sitofp if element.signed else builder.uitofp)(window, wide)
+    elif element != types.float32:
+        window = builder.fptrunc(window, wide)
+    first = builder.shuffle_vector(window, window, ir.Constant(ints, list(range(WIDTH))))
+    second = builder.shuffle_vector(window, window, ir.Constant(ints, list(range(WIDTH, WINDOW))))
     low, high, weight = (load(builder.gep(table.data, [table_at]), kind)
                          for table, kind in zip(tables, (ints, ints, floats)))
     permute = builder.module.globals.get(_VPERMI2PS) or ir.Function(
@@ -120,7 +122,7 @@ def lerp16(typingctx, row, start, low, high, weight, table_at, out, out_at):
         source, *tables, target = _arrays(context, builder, [sig.args[i] for i in (0, 2, 3, 4, 6)],
                                           [args[i] for i in (0, 2, 3, 4, 6)])
         window_at = _pointer(context, builder, sig.args[0], source, [(args[1], sig.args[1])])
-        blended = _blend(context, builder, context.get_value_type(sig.args[0].dtype), window_at, tables, args[5])
+        blended = _blend(context, builder, sig.args[0].dtype, window_at, tables, args[5])
         pointer = _pointer(context, builder, sig.args[6], target, [(args[7], sig.args[7])])
         builder.store(blended, builder.bitcast(pointer, blended.type.as_pointer()), align=1)
         return context.get_dummy_value()
@@ -141,8 +143,7 @@ def blend_rows_tile(typingctx, rows, low, high, weight, offset, column, top, pla
     def codegen(context, builder, sig, args):
         source, low_table, high_table, weights, target = _arrays(
             context, builder, [sig.args[i] for i in (0, 1, 2, 3, 7)], [args[i] for i in (0, 1, 2, 3, 7)])
-        intp = lambda i: context.cast(builder, args[i], sig.args[i], types.intp)  # noqa: E731
-        offset, column, top = intp(4), intp(5), intp(6)
+        offset, column, top = (context.cast(builder, args[i], sig.args[i], types.intp) for i in (4, 5, 6))
         floats = ir.VectorType(ir.FloatType(), WIDTH)
 
         def entry(array, kind, index):
@@ -249,11 +250,11 @@ def _gather_along_columns(between, first, rows0, rows1, row_weight, shift, scale
 
 
 @njit(inline="always", boundscheck=False)
-def _block_tables(low, high, weight, offset, width, places, indices, weights):
+def _block_tables(low, high, weight, width, places, indices, weights):
     """The permute gather's tables for one axis. Per block of 16 outputs (the last block ends
     at the last output): ``places[:, block]`` = (window start in a row of ``width`` values, first
-    output), ``indices[:, block * 16 + t]`` = low and high index minus ``offset`` relative to the
-    window, ``weights`` likewise. False where a block spans more than one window (a
+    output), ``indices[:, block * 16 + t]`` = low and high index relative to the window,
+    ``weights`` likewise. False where a block spans more than one window (a
     downsampling table, or rows shorter than a window), which then takes the scalar loop."""
     count = len(low)
     if count < WIDTH:
@@ -264,13 +265,13 @@ def _block_tables(low, high, weight, offset, width, places, indices, weights):
         for t in range(first, first + WIDTH):
             lowest = min(lowest, low[t], high[t])
             highest = max(highest, low[t], high[t])
-        start = min(lowest - offset, width - WINDOW)
-        if start < 0 or highest - offset - start >= WINDOW:
+        start = min(lowest, width - WINDOW)
+        if start < 0 or highest - start >= WINDOW:
             return False
         places[0, block], places[1, block] = start, first
         for t in range(WIDTH):
-            indices[0, block * WIDTH + t] = low[first + t] - offset - start
-            indices[1, block * WIDTH + t] = high[first + t] - offset - start
+            indices[0, block * WIDTH + t] = low[first + t] - start
+            indices[1, block * WIDTH + t] = high[first + t] - start
             weights[block * WIDTH + t] = weight[first + t]
     return True
 
@@ -316,7 +317,7 @@ def resample(cache, index, channels, rows0, rows1, row_weight, cols0, cols1, col
         indices = np.empty((2, places.shape[1] * WIDTH), np.int32)
         weights = np.empty(indices.shape[1], np.float32)
         permute = PERMUTE_GATHER and min(height, width) >= WIDTH and _block_tables(
-            along[0], along[1], along[2], 0, cache.shape[3], places, indices, weights)
+            along[0], along[1], along[2], cache.shape[3], places, indices, weights)
         if PERMUTE_GATHER and permute and transpose[b]:
             first, last = min(c0.min(), c1.min()), max(c0.max(), c1.max())  # source rows: output columns
         for c in range(count):
