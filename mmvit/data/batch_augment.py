@@ -189,11 +189,20 @@ def resample_torch(source: torch.Tensor, tables: Tables, keep: torch.Tensor, shi
     return x
 
 
-def set_cpu_threads() -> None:
-    """The CPU kernels use as many threads as torch does in this thread (a trial's share)."""
+CHUNK_SAMPLES = 4
+"""Samples per chunk of a CPU kernel's parallel loop. Chunks are handed to the threads as they
+come free: in a trial the kernel starts right after a train step, while one of torch's OpenMP
+threads still spins, and with one equal half per thread the kernel waited for the delayed half
+(1.8× longer in a trial than alone; any size from 1 to 8 measured the same)."""
+
+
+def configure_cpu_kernels() -> None:
+    """The CPU kernels use as many threads as torch does in this thread (a trial's share),
+    handing out :data:`CHUNK_SAMPLES` samples at a time."""
     import numba
 
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    numba.set_parallel_chunksize(CHUNK_SAMPLES)
 
 
 def _select(source: torch.Tensor, index: torch.Tensor | None, channels: torch.Tensor | None) -> torch.Tensor:
@@ -226,7 +235,7 @@ def resample_batch(source: torch.Tensor, tables: Tables, keep: torch.Tensor, shi
         return resample_torch(_select(source, index, channels), tables, keep, shift, scale, out)
     from mmvit.data._resample_cpu import resample
 
-    set_cpu_threads()
+    configure_cpu_kernels()
     array, rows, picked = _kernel_inputs(source, index, channels)
     size = tables.rows0.shape[1]
     out = torch.empty((len(rows), len(picked), size, size)) if out is None else out
@@ -248,7 +257,7 @@ def normalise_batch(source: torch.Tensor, shift: torch.Tensor, scale: torch.Tens
         return result if out is None else out.copy_(result)
     from mmvit.data._resample_cpu import normalise
 
-    set_cpu_threads()
+    configure_cpu_kernels()
     array, rows, picked = _kernel_inputs(source, index, channels)
     size = source.shape[-1]
     out = torch.empty((len(rows), len(picked), size, size)) if out is None else out
