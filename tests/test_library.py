@@ -70,10 +70,10 @@ def _run_and_check(path: Path, tmp_path: Path, demo_root: Path, profile: str) ->
         assert "Published reference" in page
 
 
-# Arms that differ only in a scalar model setting (depth, rates): the same code path as
-# embed_dim and patch_size, so they smoke-run in the slow suite to keep the default under 10 min;
+# Arms that differ only in a scalar model setting (depth, width, rates): the same code path as
+# patch_size, so they smoke-run in the slow suite to keep the default under 10 min;
 # known_answer's arms are modality_baselines' and early fusion's (its own slow test runs it whole).
-SCALAR_ONLY = {"depth", "dropout", "stochastic_depth", "stability", "known_answer"}
+SCALAR_ONLY = {"depth", "embed_dim", "dropout", "stochastic_depth", "stability", "known_answer"}
 SMOKE = [pytest.param(p, marks=pytest.mark.slow) if p.stem in SCALAR_ONLY else p for p in FILES]
 
 

@@ -144,6 +144,7 @@ def test_the_kernel_takes_the_scalar_loops_where_a_window_cannot_hold_the_table(
     torch.testing.assert_close(actual, resample_torch(source, tables, keep, shift, scale), rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_the_kernel_without_avx512_equals_the_torch_path(tmp_path):
     # NUMBA_ENABLE_AVX=0 compiles for no AVX at all: PERMUTE_GATHER is false and the kernel is
     # the scalar loops only (a fresh numba cache, since the flag is frozen into compiled code).
