@@ -39,8 +39,8 @@ def _tables(count: int, seed: int):
 
 @njit(boundscheck=True)
 def _both_ways(plane, rows0, rows1, row_weight, cols0, cols1, col_weight, shift, scale):
-    """Both passes of each sample's table, the permute way and the scalar way; -1 where the
-    block tables refused the sample."""
+    """Both passes of each sample's table, the permute way and the scalar way, and ``taken``:
+    per pass and sample, whether the block tables accepted the table."""
     count = len(rows0)
     permuted = np.zeros((2, count, SIZE, SIZE), np.float32)
     scalar = np.zeros((2, count, SIZE, SIZE), np.float32)
