@@ -238,6 +238,7 @@ def _train_and_predict(train: np.ndarray, targets: np.ndarray, test: np.ndarray)
         return torch.sigmoid(model(torch.from_numpy(test).float())).numpy()
 
 
+@pytest.mark.slow  # 37 s: three small networks trained for 60 epochs each
 def test_signal_is_learnable_and_fusion_beats_each_modality(tmp_path):
     import torch
     from sklearn.metrics import average_precision_score

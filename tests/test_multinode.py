@@ -110,6 +110,7 @@ def cluster_nodes(tmp_path) -> Iterator[tuple[str, dict, list[subprocess.Popen]]
             current.unlink()
 
 
+@pytest.mark.slow  # 34 s: two Ray nodes started as processes, then a study across them
 @pytest.mark.timeout(400)
 def test_a_study_runs_across_two_ray_nodes_with_shared_checkpoints(two_node_cluster, tmp_path, demo_root):
     address, env = two_node_cluster
