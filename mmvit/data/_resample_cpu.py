@@ -306,7 +306,10 @@ def resample(cache, index, channels, rows0, rows1, row_weight, cols0, cols1, col
     ``transpose[b]``) sampled at the row and column tables; zeros where not ``keep[b]``."""
     batch, count, height, width = out.shape
     for b in prange(batch):
-        between = np.empty((max(height, cache.shape[2]), max(width, cache.shape[3])), np.float32)
+        # Square: its rows are source rows or output columns, its columns output rows, output
+        # columns or source columns, depending on the path (nothing is bounds-checked here).
+        side = max(height, width, cache.shape[2], cache.shape[3])
+        between = np.empty((side, side), np.float32)
         r0, r1 = rows0[b], rows1[b]
         first, last = min(r0.min(), r1.min()), max(r0.max(), r1.max())
         c0, c1 = cols0[b], cols1[b]
