@@ -1,7 +1,8 @@
 """Contract of the AVX-512 permute gathers (:mod:`mmvit.data._resample_cpu`): the one place the
-project emits an x86 intrinsic. Each permute pass must equal the scalar loop it replaces, on
+project emits x86 intrinsics. Each permute pass must equal the scalar loop it replaces, on
 every table the loader draws (flips, transposes, edge boxes), and LLVM must really lower it to a
-permute instruction (a renamed intrinsic would otherwise fail to compile, or silently slow)."""
+permute instruction (a renamed intrinsic would otherwise fail to compile, or silently slow). The
+non-temporal stores must write what normal stores write, and only where they may."""
 
 from __future__ import annotations
 
@@ -111,6 +112,68 @@ def test_block_tables_hold_upsampling_and_refuse_the_rest():
     assert not _block_tables(narrow, narrow, weights[:SIZE], 16, places, indices, weights)
 
 
+def _misaligned(shape: tuple[int, ...]) -> np.ndarray:
+    """A C-contiguous float32 array that starts 4 bytes past a 32-byte boundary."""
+    count = int(np.prod(shape))
+    flat = torch.empty(count + 16)
+    offset = (-flat.data_ptr() // 4) % 8 + 1
+    return flat[offset:offset + count].view(shape).numpy()
+
+
+@needs_avx512
+def test_streamed_outputs_equal_cached_ones_and_stream_only_where_aligned():
+    # Where every output row is 32-byte aligned (torch's buffers) the kernel writes with
+    # non-temporal stores, elsewhere with normal ones: the same values either way.
+    generator = torch.Generator().manual_seed(10)
+    source = torch.randint(0, 10001, (24, 3, SIZE, SIZE), generator=generator).to(torch.uint16)
+    tables = make_tables(torch.arange(24) % 8, draw_boxes(24, generator, (0.05, 1.0), (1 / 3, 3.0)))
+    keep = torch.arange(24) % 7 != 3
+    shift, scale = torch.tensor([3e3, 2e3, 1e3]), torch.tensor([1e-3, 2e-3, 5e-4])
+    arguments = (source.numpy(), np.arange(24), np.arange(3),
+                 *(getattr(tables, name).numpy() for name in Tables.__dataclass_fields__),
+                 keep.numpy(), shift.numpy(), scale.numpy())
+    aligned = torch.full((24, 3, SIZE, SIZE), np.nan).numpy()
+    misaligned = _misaligned(aligned.shape)
+    misaligned[:] = np.nan
+
+    assert _streamable(aligned) and not _streamable(misaligned)
+    assert not _streamable(aligned[:, :, :, :112])  # rows not contiguous
+    kernel.resample(*arguments, aligned)
+    kernel.resample(*arguments, misaligned)
+
+    np.testing.assert_array_equal(aligned, misaligned)
+    assert not np.isnan(aligned).any() and (aligned[3] == 0).all() and np.abs(aligned).max() > 1
+    torch.testing.assert_close(torch.from_numpy(aligned), resample_torch(source, tables, keep, shift, scale),
+                               rtol=0, atol=1e-4)
+    asm = "\n".join(kernel.resample.inspect_asm().values())
+    assert "vmovntps" in asm and "sfence" in asm
+
+
+@needs_avx512
+@pytest.mark.parametrize("dtype", [torch.uint16, torch.float32])
+def test_streamed_normalisation_equals_cached_and_the_formula(dtype):
+    generator = torch.Generator().manual_seed(11)
+    source = (torch.rand((9, 4, SIZE, SIZE), generator=generator) * 10000).to(dtype)
+    rows, channels = np.array([8, 1, 4]), np.array([3, 0])
+    shift, scale = np.array([2e3, 5e3], np.float32), np.array([1e-3, 4e-4], np.float32)
+    aligned = torch.full((3, 2, SIZE, SIZE), np.nan).numpy()
+    misaligned = _misaligned(aligned.shape)
+
+    kernel.normalise(source.numpy(), rows, channels, shift, scale, aligned)
+    kernel.normalise(source.numpy(), rows, channels, shift, scale, misaligned)
+
+    np.testing.assert_array_equal(aligned, misaligned)
+    expected = (source[rows][:, channels].float() - torch.from_numpy(shift).view(1, -1, 1, 1)) \
+        * torch.from_numpy(scale).view(1, -1, 1, 1)
+    torch.testing.assert_close(torch.from_numpy(aligned), expected, rtol=1e-6, atol=1e-6)
+    assert "vmovntps" in "\n".join(kernel.normalise.inspect_asm().values())
+
+
+@njit
+def _streamable(out):
+    return kernel._streamable(out)
+
+
 @njit
 def _block_tables(low, high, weight, width, places, indices, weights):
     return kernel._block_tables(low, high, weight, width, places, indices, weights)
@@ -146,12 +209,14 @@ def test_the_kernel_takes_the_scalar_loops_where_a_window_cannot_hold_the_table(
 
 @pytest.mark.slow
 def test_the_kernel_without_avx512_equals_the_torch_path(tmp_path):
-    # NUMBA_ENABLE_AVX=0 compiles for no AVX at all: PERMUTE_GATHER is false and the kernel is
-    # the scalar loops only (a fresh numba cache, since the flag is frozen into compiled code).
+    # NUMBA_ENABLE_AVX=0 compiles for no AVX at all: PERMUTE_GATHER is false and the kernels are
+    # the scalar loops and normal stores only (a fresh numba cache, since the flag is frozen
+    # into compiled code).
     script = (
         "import torch\n"
         "from mmvit.data import _resample_cpu\n"
-        "from mmvit.data.batch_augment import draw_boxes, make_tables, resample_batch, resample_torch\n"
+        "from mmvit.data.batch_augment import (draw_boxes, make_tables, normalise_batch, resample_batch,\n"
+        "                                      resample_torch)\n"
         "assert not _resample_cpu.PERMUTE_GATHER\n"
         "g = torch.Generator().manual_seed(4)\n"
         "source = torch.randint(0, 10001, (16, 2, 120, 120), generator=g).to(torch.uint16)\n"
@@ -159,6 +224,8 @@ def test_the_kernel_without_avx512_equals_the_torch_path(tmp_path):
         "keep, shift, scale = torch.ones(16, dtype=torch.bool), torch.tensor([3e3, 2e3]), torch.tensor([1e-3, 2e-3])\n"
         "torch.testing.assert_close(resample_batch(source, tables, keep, shift, scale),\n"
         "                           resample_torch(source, tables, keep, shift, scale), rtol=0, atol=1e-4)\n"
+        "torch.testing.assert_close(normalise_batch(source, shift, scale),\n"
+        "                           (source.float() - shift.view(1, -1, 1, 1)) * scale.view(1, -1, 1, 1))\n"
         "print('scalar kernel ok')\n"
     )
     env = {**os.environ, "NUMBA_ENABLE_AVX": "0", "NUMBA_CACHE_DIR": str(tmp_path)}

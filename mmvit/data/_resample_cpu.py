@@ -24,6 +24,15 @@ two). With AVX-512 both kinds of sample gather along source rows first: a plain 
 column table, a transposed one with its row table; a transposed sample then blends whole rows
 into output columns in 16 × 16 tiles transposed in registers.
 
+**Non-temporal stores.** A batch of outputs (690 KB a patch) is far larger than the caches, so
+a normal store first reads each line it is about to overwrite. On AVX-512 hosts, where the
+output rows are 32-byte aligned (the loader's torch buffers are), both kernels write them with
+``vmovntps`` instead, past the caches, and fence once per sample: the blend pass of a plain
+sample was as slow as reading and writing the whole patch (the memory floor), and streamed it
+costs about two thirds of that. A transposed sample first completes each band of 16 output rows
+in a small buffer (its tiles would otherwise write scattered partial lines, which defeat the
+stores), then streams the band.
+
 The intrinsics are the one place with hand-written LLVM IR (numba's public ``@intrinsic``
 and llvmlite), behind :data:`PERMUTE_GATHER`: true only where numba compiles for AVX-512 (the
 host's features, or ``NUMBA_CPU_FEATURES`` / ``NUMBA_ENABLE_AVX`` where set; numba's on-disk
@@ -55,6 +64,7 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 
 WIDTH = 16  # outputs per call: one 512-bit vector of float32
 WINDOW = 2 * WIDTH  # source values a call can pick from
+STREAM = 8  # float32 values one non-temporal store writes (32 bytes: the alignment it needs)
 
 
 def _compiled_features() -> list[str]:
@@ -81,12 +91,7 @@ def _blend(context, builder, element, window_at, tables, table_at):
     def load(pointer, vector):
         return builder.load(builder.bitcast(pointer, vector.as_pointer()), align=1)
 
-    window = load(window_at, ir.VectorType(context.get_value_type(element), WINDOW))
-    wide = ir.VectorType(f32, WINDOW)
-    if isinstance(element, types.Integer):  # uint16 S2 (one load, widened on the way)
-        window = (builder.sitofp if element.signed else builder.uitofp)(window, wide)
-    elif element != types.float32:
-        window = builder.fptrunc(window, wide)
+    window = _load_floats(context, builder, element, window_at, WINDOW)
     first = builder.shuffle_vector(window, window, ir.Constant(ints, list(range(WIDTH))))
     second = builder.shuffle_vector(window, window, ir.Constant(ints, list(range(WIDTH, WINDOW))))
     low, high, weight = (load(builder.gep(table.data, [table_at]), kind)
@@ -96,6 +101,19 @@ def _blend(context, builder, element, window_at, tables, table_at):
     a = builder.call(permute, [first, low, second])
     b = builder.call(permute, [first, high, second])
     return builder.fadd(a, builder.fmul(weight, builder.fsub(b, a)))
+
+
+def _load_floats(context, builder, element, pointer, count: int):
+    """``count`` values of numba type ``element`` from ``pointer`` as a float32 vector (uint16
+    S2 in one load, widened on the way)."""
+    vector = builder.load(builder.bitcast(pointer, ir.VectorType(context.get_value_type(element), count).as_pointer()),
+                          align=1)
+    floats = ir.VectorType(ir.FloatType(), count)
+    if isinstance(element, types.Integer):
+        return (builder.sitofp if element.signed else builder.uitofp)(vector, floats)
+    if element != types.float32:  # float64 (float16 caches are converted before the kernels)
+        return builder.fptrunc(vector, floats)
+    return vector
 
 
 def _arrays(context, builder, kinds, values):
@@ -179,6 +197,71 @@ def _store_tile(context, builder, kind, target, rows, top, column, shift, scale)
         builder.store(normalised, builder.bitcast(pointer, normalised.type.as_pointer()), align=1)
 
 
+def _stream_store(builder, vector, pointer) -> None:
+    """A non-temporal store (``vmovntps``) of 8 float32 at a 32-byte aligned ``pointer``: it
+    writes past the caches instead of first reading each line it writes."""
+    store = builder.store(vector, builder.bitcast(pointer, vector.type.as_pointer()), align=4 * STREAM)
+    store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+
+
+@intrinsic
+def lerp_rows8_stream(typingctx, low, high, weight, shift, scale, out, at):
+    """``out[at + t]`` = normalised ``(v - shift) * scale`` of the blend of ``low[at + t]`` and
+    ``high[at + t]`` by ``weight``, for t < 8, written with a non-temporal store.
+
+    ``low``, ``high`` and ``out`` are contiguous float32 rows; ``out[at]`` must be 32-byte
+    aligned. Nothing is checked."""
+    signature = types.void(low, high, weight, shift, scale, out, at)
+
+    def codegen(context, builder, sig, args):
+        arrays = _arrays(context, builder, [sig.args[i] for i in (0, 1, 5)], [args[i] for i in (0, 1, 5)])
+        low_at, high_at, out_at = (_pointer(context, builder, sig.args[i], array, [(args[6], sig.args[6])])
+                                   for i, array in zip((0, 1, 5), arrays))
+        a, b = (_load_floats(context, builder, sig.args[i].dtype, at, STREAM) for i, at in ((0, low_at), (1, high_at)))
+        weight, shift, scale = (_splat(builder, context.cast(builder, args[i], sig.args[i], types.float32), STREAM)
+                                for i in (2, 3, 4))
+        blended = builder.fadd(a, builder.fmul(weight, builder.fsub(b, a)))
+        _stream_store(builder, builder.fmul(builder.fsub(blended, shift), scale), out_at)
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+@intrinsic
+def normalise8_stream(typingctx, row, shift, scale, out, at):
+    """``out[at + t] = (row[at + t] - shift) * scale`` in float32 for t < 8, written with a
+    non-temporal store (``row`` contiguous, any numeric type; ``out[at]`` 32-byte aligned;
+    nothing is checked)."""
+    signature = types.void(row, shift, scale, out, at)
+
+    def codegen(context, builder, sig, args):
+        source, target = _arrays(context, builder, [sig.args[0], sig.args[3]], [args[0], args[3]])
+        source_at, target_at = (_pointer(context, builder, sig.args[i], array, [(args[4], sig.args[4])])
+                                for i, array in ((0, source), (3, target)))
+        values = _load_floats(context, builder, sig.args[0].dtype, source_at, STREAM)
+        shift, scale = (_splat(builder, context.cast(builder, args[i], sig.args[i], types.float32), STREAM)
+                        for i in (1, 2))
+        _stream_store(builder, builder.fmul(builder.fsub(values, shift), scale), target_at)
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+@intrinsic
+def store_fence(typingctx):
+    """``sfence``: the non-temporal stores before it are visible to every thread after it
+    (they are weakly ordered; the end of a parallel loop does not order them on every CPU)."""
+
+    def codegen(context, builder, sig, args):
+        name = "llvm.x86.sse.sfence"
+        fence = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                                  name)
+        builder.call(fence, [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
 def _transpose(builder, vectors):
     """Transpose 16 vectors of 16 (row k, lane t → row t, lane k): four stages of pairwise
     two-source shuffles at distances 8, 4, 2, 1 (generic IR; vpermt2ps on AVX-512)."""
@@ -196,10 +279,10 @@ def _transpose(builder, vectors):
     return vectors
 
 
-def _splat(builder, value):
-    vector = ir.VectorType(value.type, WIDTH)
+def _splat(builder, value, width: int = WIDTH):
+    vector = ir.VectorType(value.type, width)
     single = builder.insert_element(ir.Constant(vector, None), value, ir.Constant(ir.IntType(32), 0))
-    return builder.shuffle_vector(single, single, ir.Constant(ir.VectorType(ir.IntType(32), WIDTH), [0] * WIDTH))
+    return builder.shuffle_vector(single, single, ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width))
 
 
 # ------------------------------------------------------------------ kernels
@@ -299,17 +382,56 @@ def _blend_tiles(between, first, cols0, cols1, col_weight, shift, scale, out):
             blend_rows_tile(between, cols0, cols1, col_weight, first, column, top, out, shift, scale)
 
 
+@njit(inline="always", boundscheck=False)
+def _blend_rows_stream(between, first, rows0, rows1, row_weight, shift, scale, out):
+    """:func:`_blend_rows` written with non-temporal stores (``out`` rows 32-byte aligned, a
+    multiple of 8 long)."""
+    for i in range(out.shape[0]):
+        low, high, target = between[rows0[i] - first], between[rows1[i] - first], out[i]
+        for x in range(0, target.shape[0], STREAM):
+            lerp_rows8_stream(low, high, row_weight[i], shift, scale, target, x)
+
+
+@njit(inline="always", boundscheck=False)
+def _blend_tiles_stream(between, first, cols0, cols1, col_weight, shift, scale, strip, out):
+    """:func:`_blend_tiles` through ``strip`` (16 rows of ``out``'s width, in L1): each band of
+    16 output rows is completed there, then written with non-temporal stores, whole rows at a
+    time (scattered partial lines would defeat them)."""
+    height, width = out.shape
+    for row_tile in range((height + WIDTH - 1) // WIDTH):
+        top = min(row_tile * WIDTH, height - WIDTH)
+        for column_tile in range((width + WIDTH - 1) // WIDTH):
+            column = min(column_tile * WIDTH, width - WIDTH)
+            blend_rows_tile(between[:, top:], cols0, cols1, col_weight, first, column, 0, strip, shift, scale)
+        for t in range(WIDTH):  # a copy: the strip holds normalised values already
+            source, target = strip[t], out[top + t]
+            for x in range(0, width, STREAM):
+                normalise8_stream(source, np.float32(0.0), np.float32(1.0), target, x)
+
+
+@njit(inline="always")
+def _streamable(out):
+    """Whether every output row takes 32-byte non-temporal stores: C-contiguous float32 planes,
+    rows a multiple of 8 values long, the first one 32-byte aligned (torch's buffers are)."""
+    batch, count, height, width = out.shape
+    return (width % STREAM == 0 and out.ctypes.data % (4 * STREAM) == 0 and out.strides[3] == 4
+            and out.strides[2] == 4 * width and out.strides[1] == 4 * width * height
+            and out.strides[0] == 4 * width * height * count)
+
+
 @njit(parallel=True, cache=True, nogil=True, fastmath=True, boundscheck=False)
 def resample(cache, index, channels, rows0, rows1, row_weight, cols0, cols1, col_weight, transpose,
              keep, shift, scale, out):  # pragma: no cover - compiled
     """``out[b, c]`` = normalised ``cache[index[b], channels[c]]`` (transposed where
     ``transpose[b]``) sampled at the row and column tables; zeros where not ``keep[b]``."""
     batch, count, height, width = out.shape
+    stream = PERMUTE_GATHER and _streamable(out)  # non-temporal stores (module docstring)
     for b in prange(batch):
         # Square: its rows are source rows or output columns, its columns output rows, output
         # columns or source columns, depending on the path (nothing is bounds-checked here).
         side = max(height, width, cache.shape[2], cache.shape[3])
         between = np.empty((side, side), np.float32)
+        strip = np.empty((WIDTH, width), np.float32)
         r0, r1 = rows0[b], rows1[b]
         first, last = min(r0.min(), r1.min()), max(r0.max(), r1.max())
         c0, c1 = cols0[b], cols1[b]
@@ -330,8 +452,12 @@ def resample(cache, index, channels, rows0, rows1, row_weight, cols0, cols1, col
             plane = cache[index[b], channels[c]]
             if PERMUTE_GATHER and permute:
                 _permute_along_rows(plane, first, last, places, indices, weights, between)
-                if transpose[b]:
+                if transpose[b] and stream:
+                    _blend_tiles_stream(between, first, c0, c1, col_weight[b], shift[c], scale[c], strip, out[b, c])
+                elif transpose[b]:
                     _blend_tiles(between, first, c0, c1, col_weight[b], shift[c], scale[c], out[b, c])
+                elif stream:
+                    _blend_rows_stream(between, first, r0, r1, row_weight[b], shift[c], scale[c], out[b, c])
                 else:
                     _blend_rows(between, first, r0, r1, row_weight[b], shift[c], scale[c], out[b, c])
             elif transpose[b]:
@@ -340,6 +466,8 @@ def resample(cache, index, channels, rows0, rows1, row_weight, cols0, cols1, col
             else:
                 _gather_along_rows(plane, first, last, c0, c1, col_weight[b], between)
                 _blend_rows(between, first, r0, r1, row_weight[b], shift[c], scale[c], out[b, c])
+        if PERMUTE_GATHER and stream:
+            store_fence()
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=True, boundscheck=False)
@@ -347,10 +475,18 @@ def normalise(cache, index, channels, shift, scale, out):  # pragma: no cover - 
     """``out[b, c] = (cache[index[b], channels[c]] - shift[c]) * scale[c]`` in one pass
     (evaluation batches)."""
     batch, count, height, width = out.shape
+    stream = PERMUTE_GATHER and _streamable(out)  # as in resample
     for b in prange(batch):
         for c in range(count):
             m, s = shift[c], scale[c]
             plane, target = cache[index[b], channels[c]], out[b, c]
             for i in range(height):
-                for j in range(width):
-                    target[i, j] = (np.float32(plane[i, j]) - m) * s
+                if PERMUTE_GATHER and stream and plane.strides[1] == plane.itemsize:
+                    row = plane[i]
+                    for j in range(0, width, STREAM):
+                        normalise8_stream(row, m, s, target[i], j)
+                else:
+                    for j in range(width):
+                        target[i, j] = (np.float32(plane[i, j]) - m) * s
+        if PERMUTE_GATHER and stream:
+            store_fence()
