@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +12,7 @@ from typer.testing import CliRunner
 
 from mmvit.cli import app
 from mmvit.config import trial_config
-from mmvit.data.loader import build_datasets
+from mmvit.data.loader import BatchLoader, build_datasets
 from mmvit.train import loop
 from mmvit.train.loop import evaluate, train_trial
 
@@ -50,6 +53,28 @@ def test_resumed_run_equals_uninterrupted_run(demo_root, tmp_path):
     assert epochs_seen == [3], "a resumed run must not repeat finished epochs"
     assert _flat(resumed) == _flat(whole)
     assert resumed.best_epoch == whole.best_epoch
+
+
+def test_an_epoch_records_how_long_it_waited_for_batches(demo_root, tmp_path, monkeypatch):
+    # A loader that takes 50 ms a training batch: the epoch's record must show the wait.
+    config = _config(demo_root, tmp_path, epochs=1, batch_size=4)
+    train_trial(config, test=False)  # a process's first batch also waits for the kernels to load
+    fast = train_trial(config, test=False).history[0]
+    batches = BatchLoader.batches
+
+    def slow(self, seed=0):
+        for batch in batches(self, seed):
+            if self.augment is not None:
+                time.sleep(0.05)
+            yield batch
+
+    monkeypatch.setattr(BatchLoader, "batches", slow)
+    waited = train_trial(config, test=False).history[0]
+    steps = math.ceil(round(waited.samples_per_s * waited.seconds) / 4)
+
+    assert 0.05 * steps <= waited.data_seconds < waited.seconds
+    assert waited.data_seconds - fast.data_seconds >= 0.04 * steps
+    assert 0 < fast.data_seconds < fast.seconds
 
 
 def test_seed_makes_runs_reproducible(demo_root, tmp_path):

@@ -40,6 +40,7 @@ class EpochRecord:
     validation: dict
     seconds: float
     samples_per_s: float
+    data_seconds: float = 0.0  # of ``seconds``, spent waiting for batches (0 in older checkpoints)
 
 
 @dataclass
@@ -238,14 +239,24 @@ def _load_best(model: nn.Module, checkpoint_dir: Path | None, best_state: dict |
         model.load_state_dict(best_state)
 
 
-def _train_epoch(step: Callable, loader: BatchLoader, seed: int) -> tuple[float, int]:
-    """Mean training loss and samples seen; the loss is summed on the device and read once."""
+def _train_epoch(step: Callable, loader: BatchLoader, seed: int) -> tuple[float, int, float]:
+    """Mean training loss, samples seen, and the seconds the loop waited for batches; the loss
+    is summed on the device and read once.
+
+    The wait is the data path's share of the epoch: on a CPU the kernels that build each batch,
+    on a GPU whatever the prefetching thread did not hide (plus the augmentation's kernel
+    launches, which return at once unless the device's queue is full)."""
     total = torch.zeros((), device=loader.device)
-    seen = 0
-    for batch in loader.batches(seed):
+    seen, waited = 0, 0.0
+    batches = loader.batches(seed)
+    while True:
+        asked = time.perf_counter()
+        batch = next(batches, None)
+        waited += time.perf_counter() - asked
+        if batch is None:
+            return float(total) / max(seen, 1), seen, waited
         total += step(batch) * len(batch["label"])
         seen += len(batch["label"])
-    return float(total) / max(seen, 1), seen
 
 
 def train_trial(config: TrialConfig, *, checkpoint_dir: Path | None = None,
@@ -289,11 +300,11 @@ def train_trial(config: TrialConfig, *, checkpoint_dir: Path | None = None,
         torch.manual_seed(seed)  # dropout and stochastic depth; the loader draws from its own generator
         model.train()
         epoch_start = time.perf_counter()
-        train_loss, seen = _train_epoch(step, train_loader, seed)
+        train_loss, seen, waited = _train_epoch(step, train_loader, seed)
         seconds = time.perf_counter() - epoch_start
         validation = evaluate(forward, validation_loader, config.train.threshold, precision)
         record = EpochRecord(epoch, train_loss, optimiser.param_groups[0]["lr"], validation, seconds,
-                             seen / seconds)
+                             seen / seconds, waited)
         state.history.append(record)
         if _better(metric, validation[metric], state.best_value):
             state.best_value, state.best_epoch = validation[metric], epoch

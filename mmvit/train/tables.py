@@ -38,6 +38,8 @@ def print_trial_result(console: Console, config: TrialConfig, result: TrialResul
         classwise.add_row(Text(name), str(count), _fmt(result.validation["ap_per_class"][index]),
                           _fmt(result.test["ap_per_class"][index]))
     console.print(classwise)
-    console.print(f"parameters {result.parameters:,} · {result.samples_per_s:,.0f} samples/s (train) · "
-                  f"peak memory {result.peak_memory_mb:,.0f} MiB · {result.wall_s:,.0f} s on {result.device}",
-                  markup=False)
+    training = sum(record.seconds for record in result.history)
+    waited = sum(record.data_seconds for record in result.history) / training if training else 0.0
+    console.print(f"parameters {result.parameters:,} · {result.samples_per_s:,.0f} samples/s (train, "
+                  f"{waited:.0%} of it waiting for batches) · peak memory {result.peak_memory_mb:,.0f} MiB · "
+                  f"{result.wall_s:,.0f} s on {result.device}", markup=False)
