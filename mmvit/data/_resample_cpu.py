@@ -480,13 +480,14 @@ def normalise(cache, index, channels, shift, scale, out):  # pragma: no cover - 
         for c in range(count):
             m, s = shift[c], scale[c]
             plane, target = cache[index[b], channels[c]], out[b, c]
-            for i in range(height):
-                if PERMUTE_GATHER and stream and plane.strides[1] == plane.itemsize:
+            if PERMUTE_GATHER and stream and plane.strides[1] == plane.itemsize:
+                for i in range(height):
                     row = plane[i]
                     for j in range(0, width, STREAM):
                         normalise8_stream(row, m, s, target[i], j)
-                else:
-                    for j in range(width):
-                        target[i, j] = (np.float32(plane[i, j]) - m) * s
+                continue
+            for i in range(height):
+                for j in range(width):
+                    target[i, j] = (np.float32(plane[i, j]) - m) * s
         if PERMUTE_GATHER and stream:
             store_fence()

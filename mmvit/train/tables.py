@@ -39,7 +39,7 @@ def print_trial_result(console: Console, config: TrialConfig, result: TrialResul
                           _fmt(result.test["ap_per_class"][index]))
     console.print(classwise)
     training = sum(record.seconds for record in result.history)
-    waited = sum(record.data_seconds for record in result.history) / training if training else 0.0
+    waiting = sum(record.data_seconds for record in result.history) / training if training else 0.0
     console.print(f"parameters {result.parameters:,} · {result.samples_per_s:,.0f} samples/s (train, "
-                  f"{waited:.0%} of it waiting for batches) · peak memory {result.peak_memory_mb:,.0f} MiB · "
+                  f"{waiting:.0%} of it waiting for batches) · peak memory {result.peak_memory_mb:,.0f} MiB · "
                   f"{result.wall_s:,.0f} s on {result.device}", markup=False)
