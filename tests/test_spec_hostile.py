@@ -161,6 +161,19 @@ def _validate(path: Path) -> tuple[int, str, float]:
     return result.exit_code, " ".join(result.output.split()), seconds
 
 
+def _seconds_to_refuse(path: Path, first: float) -> float:
+    """Best of up to three runs: a hostile file is slow every time, a pause of a shared test machine is not.
+
+    CI once took 1.14 s for a file that takes 0.03 s on every other run (a pause of the whole process).
+    """
+    seconds = first
+    for _ in range(2):
+        if seconds < 1:
+            break
+        seconds = min(seconds, _validate(path)[2])
+    return seconds
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _warm_imports():
     """What ``validate`` imports before it reads the file: its cost is not the file's."""
@@ -182,7 +195,7 @@ def test_a_hostile_study_file_is_refused_at_once(tmp_path, name, content, words)
     assert output.startswith(f"Error: {path}"), output  # one message, naming the file first
     for word in words:
         assert word in output, (word, output)
-    assert seconds < 1, f"{name}: {seconds:.2f} s"
+    assert _seconds_to_refuse(path, seconds) < 1, f"{name}: {seconds:.2f} s"
 
 
 def test_a_huge_file_is_refused_before_it_is_read(tmp_path):
@@ -192,7 +205,7 @@ def test_a_huge_file_is_refused_before_it_is_read(tmp_path):
     code, output, seconds = _validate(path)
     assert code == 1 and "Traceback" not in output
     assert f"{path}: a study file may hold at most 64 KiB, but this one holds 1,073,741,824 bytes" in output
-    assert seconds < 1
+    assert _seconds_to_refuse(path, seconds) < 1
 
 
 def test_a_folder_is_refused_with_a_message(tmp_path):
