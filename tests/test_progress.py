@@ -61,6 +61,23 @@ def test_the_live_view_counts_each_arm_and_leaves_interrupted_trials_out(study_u
     assert "2/4 final trials complete · 1.5 min elapsed · ETA ≈ 1.0 min" in text
 
 
+def test_the_live_view_wraps_a_long_title_on_the_clis_console(study_url):
+    """The CLI's console soft-wraps (so long paths print whole); a live view on it cropped its
+    title at 80 columns, cutting off the resources note. The whole title shows, folded."""
+    from mmvit.study.progress import LiveView
+
+    output = io.StringIO()
+    console = Console(soft_wrap=True, markup=False, file=output, width=80)  # as mmvit.cli's, in a log
+    with LiveView(study_url, "watched", seeds=2, direction="maximize", concurrency=1, search_budget=0,
+                  console=console, interval=0.1, note="2 CPU per trial"):
+        time.sleep(0.3)
+    lines = output.getvalue().splitlines()
+    assert lines and max(len(line) for line in lines) <= 80, lines
+    assert "· 2 CPU per trial" in " ".join(output.getvalue().split()), output.getvalue()
+    assert study_url.removeprefix("sqlite:///") in "".join(lines), "the storage path, folded, not cut"
+    assert console.soft_wrap, "the console prints as before once the view is gone"
+
+
 def test_the_live_view_counts_the_trials_the_profile_runs(monkeypatch):
     """A smoke run of tuned_fusion.yaml plans 6 final trials (first seed only), not the file's 18."""
     from pathlib import Path

@@ -72,7 +72,7 @@ def snapshot(url: str, study_name: str, seeds: int, better) -> Snapshot:
 
 def render(snap: Snapshot, title: str, started: float, concurrency: int, search_budget: int) -> Group:
     columns = ["arm", "final done/run/fail", *(["search done/pruned/run/fail"] if search_budget else []), "best val"]
-    table = Table(*columns, title=Text(title), title_justify="left", expand=False)
+    table = Table(*columns, expand=False)
     for arm in snap.arms:
         search = [f"{arm.search['COMPLETE']}/{arm.search['PRUNED']}/{arm.search['RUNNING']}/{arm.search['FAIL']}"]
         table.add_row(Text(arm.name), f"{arm.final['COMPLETE']}/{arm.final['RUNNING']}/{arm.final['FAIL']}",
@@ -85,7 +85,9 @@ def render(snap: Snapshot, title: str, started: float, concurrency: int, search_
         mean = sum(snap.trial_seconds) / len(snap.trial_seconds)
         eta = f" · ETA ≈ {mean * left / max(1, concurrency) / 60:.1f} min"
     line = Text(f"{snap.complete}/{snap.planned} final trials complete · {elapsed / 60:.1f} min elapsed{eta}")
-    return Group(table, line)
+    # the title above the table, not its caption: a long storage URL folds at the console's
+    # width instead of at the table's
+    return Group(Text(title, overflow="fold"), table, line)
 
 
 class LiveView:
@@ -118,6 +120,9 @@ class LiveView:
             live.update(self._draw())
 
     def __enter__(self) -> LiveView:
+        # the CLI's console soft-wraps (long paths stay on one line when printed), and a live
+        # display on such a console crops every line at its width: the view wraps instead
+        self._soft_wrap, self._console.soft_wrap = self._console.soft_wrap, False
         self._thread = threading.Thread(target=self._loop, name="mmvit-progress", daemon=True)
         self._thread.start()
         return self
@@ -126,5 +131,6 @@ class LiveView:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=10)
+        self._console.soft_wrap = self._soft_wrap
         if not self._console.is_terminal:
             self._console.line()  # rich leaves a non-terminal's last line open
