@@ -172,7 +172,9 @@ class StoredStudy:
     archive: str | None = None
     profile: str | None = None
     environment: dict[str, Any] | None = None
-    """Package versions and the git commit of the run that created (or last grew) the study."""
+    """Package versions and the git commits (``git_commit``: the working directory's;
+    ``mmvit_commit``: mmvit-study's own checkout, absent before 2026-12; ``-dirty`` marks
+    uncommitted changes) of the run that created (or last grew) the study."""
     arms: list[StoredArm] | None = None
     labels: list[str] | None = None
     """The class names, in the order of every per-class list."""

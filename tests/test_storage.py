@@ -98,3 +98,42 @@ def test_resources_are_not_identity_a_resumed_study_may_use_others(tmp_path):
 def test_unreachable_storage_is_a_clear_error():
     with pytest.raises(StudyError, match="Cannot open the study storage postgresql://u:\\*\\*\\*@127.0.0.1:1/x"):
         open_storage("postgresql://u:pw@127.0.0.1:1/x")
+
+
+def _git(folder, *args):
+    import subprocess
+    subprocess.run(["git", "-C", str(folder), *args], check=True, capture_output=True,
+                   env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                        "GIT_COMMITTER_EMAIL": "t@t", "HOME": str(folder), "PATH": "/usr/bin:/bin"})
+
+
+def test_the_commits_recorded_name_the_code_and_say_when_it_was_changed(tmp_path):
+    from mmvit.study.storage import _git_commit
+
+    assert _git_commit(tmp_path) is None, "not a repository"
+    repo = tmp_path / "project"
+    (repo / "sub").mkdir(parents=True)
+    _git(repo, "init", "-q")
+    assert _git_commit(repo) is None, "a repository without a commit"
+    (repo / "depth.yaml").write_text("study: depth\n")
+    _git(repo, "add", "depth.yaml")
+    _git(repo, "commit", "-qm", "first")
+    head = _git_commit(repo)
+    assert head is not None and len(head) == 40
+    (repo / "notes.txt").write_text("untracked")
+    assert _git_commit(repo / "sub") == head, "any folder of the repository; untracked files change no code"
+    (repo / "depth.yaml").write_text("study: depth2\n")
+    assert _git_commit(repo) == head + "-dirty"
+    # an installed package inside some other repository (a venv in a project) is not its checkout
+    assert _git_commit(repo / "sub", toplevel=True) is None
+    assert _git_commit(repo, toplevel=True) == head + "-dirty"
+
+
+def test_the_report_names_both_commits_once_each(tmp_path):
+    from mmvit.report.page import _commits_text
+
+    assert _commits_text({"git_commit": "a1", "mmvit_commit": "b2-dirty"}) == "working directory a1; mmvit-study b2-dirty"
+    assert _commits_text({"git_commit": "a1", "mmvit_commit": "a1"}) == "a1 (working directory and mmvit-study)"
+    assert _commits_text({"git_commit": None, "mmvit_commit": "b2"}) == "mmvit-study b2"
+    assert _commits_text({"git_commit": "a1"}) == "working directory a1", "a study recorded before mmvit_commit"
+    assert _commits_text({}) == "not recorded"

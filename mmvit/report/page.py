@@ -109,6 +109,16 @@ def _hours(parts: dict[str, float]) -> str:
     return ", ".join(f"{names.get(s, s.lower())} {h:.2f}" for s, h in parts.items() if h > 0) or "none"
 
 
+def _commits_text(env: dict) -> str:
+    """The working directory's commit and mmvit-study's own (studies before 2026-12 recorded the
+    first only); one commit when both are the same repository."""
+    here, code = env.get("git_commit"), env.get("mmvit_commit")
+    if here and here == code:
+        return f"{here} (working directory and mmvit-study)"
+    parts = ([f"working directory {here}"] if here else []) + ([f"mmvit-study {code}"] if code else [])
+    return "; ".join(parts) or "not recorded"
+
+
 def header_html(record: StudyRecord, view: Overview) -> str:
     env = record.environment or {}
     versions = env.get("versions") or {}
@@ -142,7 +152,7 @@ def header_html(record: StudyRecord, view: Overview) -> str:
             ("Seeds", ", ".join(str(s) for s in record.seeds) or "not recorded"),
             ("Arms", f"{len(record.arms)}" + (f"; reference {record.baseline.name}" if record.baseline else "")
              + ("; Δ per axis (see the vs. columns)" if record.per_axis and any(a.axis for a in record.arms) else "")),
-            ("Git commit", env.get("git_commit") or "not recorded"), ("Package versions", versions_text),
+            ("Git commit", _commits_text(env)), ("Package versions", versions_text),
             ("First trial started", _when(view.first_start)), ("Last trial finished", _when(view.last_complete)),
             ("Report generated", _when(record.loaded_at)),
             ("Final trials", _states(view.final_states))]

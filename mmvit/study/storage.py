@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import subprocess
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import optuna
 
+import mmvit
 from mmvit.errors import StudyError
 from mmvit.record_schema import StoredStudy, write_study
 from mmvit.study.arms import arms_from_ablate
@@ -19,20 +21,39 @@ from mmvit.study.spec import StudySpec
 PACKAGES = ("mmvit-study", "torch", "timm", "optuna", "ray", "rasterio", "numpy")
 
 
+def _git_commit(folder: Path, *, toplevel: bool = False) -> str | None:
+    """HEAD of the repository holding ``folder``, ``-dirty`` when tracked files differ from it;
+    None outside a repository (or, with ``toplevel``, unless ``folder`` is the repository's root)."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10)
+
+    try:
+        root = git("rev-parse", "--show-toplevel")
+        if root.returncode or (toplevel and Path(root.stdout.strip()).resolve() != folder.resolve()):
+            return None
+        head = git("rev-parse", "HEAD")
+        if head.returncode:
+            return None  # a repository without a commit yet
+        dirty = git("diff", "--quiet", "HEAD").returncode == 1
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
 def environment() -> dict[str, Any]:
-    """Package versions and the git commit of the working directory (None outside a repo)."""
+    """Package versions, the git commit of the working directory (the researcher's project, which
+    holds the study files) and that of mmvit-study's own source when it runs from a checkout (an
+    editable install): a report names the code that produced it, and ``-dirty`` says when neither
+    commit alone is that code."""
     versions = {}
     for name in PACKAGES:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {"versions": versions, "git_commit": commit}
+    source = Path(mmvit.__file__).resolve().parent.parent  # a checkout's root; site-packages otherwise
+    return {"versions": versions, "git_commit": _git_commit(Path.cwd()),
+            "mmvit_commit": _git_commit(source, toplevel=True)}
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
