@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,6 +54,19 @@ def test_resumed_run_equals_uninterrupted_run(demo_root, tmp_path):
     assert epochs_seen == [3], "a resumed run must not repeat finished epochs"
     assert _flat(resumed) == _flat(whole)
     assert resumed.best_epoch == whole.best_epoch
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux resets the resident peak")
+def test_a_trial_reports_its_own_peak_memory_not_an_earlier_trials(demo_root, tmp_path):
+    """Ray runs trial after trial in one process: a large earlier trial (here, 800 MB touched
+    and freed) must not become every later trial's peak in the cost table."""
+    import resource
+
+    earlier = np.ones(800 * 2**20 // 8)
+    del earlier
+    process_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result = train_trial(_config(demo_root, tmp_path, epochs=1, batch_size=4), test=False)
+    assert 0 < result.peak_memory_mb < process_peak - 500, (result.peak_memory_mb, process_peak)
 
 
 def test_an_epoch_records_how_long_it_waited_for_batches(demo_root, tmp_path, monkeypatch):

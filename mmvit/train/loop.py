@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import resource
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -99,10 +100,35 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+_PROC_SELF = Path("/proc/self")
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    """Start this trial's peak afresh: Ray runs trial after trial in one reused process, whose
+    peak would otherwise be the largest of every earlier trial's. On CUDA torch's allocator
+    counts it; on Linux writing 5 to ``clear_refs`` resets the process's resident high-water
+    mark (VmHWM)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        (_PROC_SELF / "clear_refs").write_text("5")
+    except OSError:
+        pass  # not Linux (or /proc read-only): the process's lifetime peak, as getrusage has it
+
+
 def _peak_memory_mb(device: torch.device) -> float:
+    """The trial's peak: GPU memory torch allocated on CUDA; resident memory on a CPU (which
+    counts the pages of the memory-mapped cache the trial read)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB → MiB
+    try:
+        for line in (_PROC_SELF / "status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # KiB → MiB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
 
 
 def _atomic_save(state: dict, path: Path) -> None:
@@ -267,6 +293,7 @@ def train_trial(config: TrialConfig, *, checkpoint_dir: Path | None = None,
     ``test=False`` (a search trial) never touches the test split: the result's ``test`` is empty."""
     started = time.time()
     device = resolve_device(config.train.device)
+    _reset_peak_memory(device)
     precision = resolve_precision(config.train.precision, device)
     data = data or build_datasets(config, progress=progress)
     model, optimiser, schedule = _build(config, data, device)
