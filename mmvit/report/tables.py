@@ -335,8 +335,9 @@ def cost_table(record: StudyRecord, results: dict[str, ArmResult]) -> Table:
         data.append({"arm": name, "parameters": r.parameters.mean, "samples_per_s": r.samples_per_s.mean,
                      "peak_memory_mb": r.peak_memory_mb.mean, "hours_per_complete_trial": r.hours_complete.mean,
                      "trial_hours_all": r.hours_all})
-    notes = ["Means over the complete seeds; samples/s is training throughput; trial-hours include failed and "
-             "running trials of the final phase."]
+    notes = ["Means over the complete seeds; samples/s is training throughput; peak memory is each trial's own "
+             "(on a GPU the memory torch allocated, on a CPU the process's resident memory, which counts the "
+             "cache pages it read); trial-hours include failed and running trials of the final phase."]
     return Table("cost", "Cost per arm", header, rows, pd.DataFrame(data), notes=notes)
 
 
