@@ -155,17 +155,31 @@ def data_cache(
     workers: Annotated[Optional[int], typer.Option(help="Processes (default: all cores).")] = None,
     skip_unreadable: Annotated[bool, typer.Option(help="Leave out unreadable patches (logged by name).")] = False,
     require_complete: RequireComplete = False,
+    shard: Annotated[Optional[str], typer.Option(
+        help="K/N: convert only part K of N (a job array: --array=1-N, --shard $SLURM_ARRAY_TASK_ID/N); "
+             "the last part to finish writes the cache.")] = None,
 ) -> None:
-    """Convert archive splits into the memory-mapped cache (once; later runs reuse it)."""
+    """Convert archive splits into the memory-mapped cache (once; later runs reuse it, and an
+    interrupted run goes on where it stopped)."""
+    from mmvit.data.cache import cache_shard, default_cache_dir, parse_shard
+
+    if shard is not None:
+        part = parse_shard(shard)
+        for name in split:
+            console.print(cache_shard(_root(root), name, part, modalities=modalities, resampling=resampling,
+                                      speckle_filter=speckle_filter, s1_dtype=s1_dtype,
+                                      cache_dir=cache_dir or default_cache_dir(), workers=workers,
+                                      skip_unreadable=skip_unreadable, require_complete=require_complete,
+                                      progress=True))
+        return
     from mmvit.data.bigearthnet import BigEarthNetMM
-    from mmvit.data.cache import default_cache_dir
 
     for name in split:
         dataset = BigEarthNetMM(
             _root(root), name, modalities, resampling=resampling, speckle_filter=speckle_filter,
             cache_dir=cache_dir or default_cache_dir(), s1_dtype=s1_dtype, workers=workers,
             skip_unreadable=skip_unreadable, require_complete=require_complete,
-            progress=console.is_terminal,
+            progress=True,  # a bar on a terminal, plain lines in a batch job's log
         )
         note = f", {len(dataset.skipped)} skipped as unreadable" if dataset.skipped else ""
         if not dataset.presence.complete:

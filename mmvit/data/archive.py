@@ -33,6 +33,7 @@ import numpy as np
 from mmvit.data import labels as label_codec
 from mmvit.data import splits as official
 from mmvit.data.reader import read_label_json
+from mmvit.data.stamp import SCAN_RULES, Stamp, package_version
 from mmvit.errors import DataError
 
 V1_S2_DIR = "BigEarthNet-v1.0"
@@ -103,6 +104,8 @@ class Archive(ABC):
         self.root = root
         self.require_complete = require_complete
         self._listings: dict[tuple[str, bool], tuple[list[PatchRef], Presence]] = {}
+        self._stamps: dict[tuple[str, bool], Stamp] = {}
+        self._adopted: dict[tuple[str, bool], Presence] = {}
 
     @abstractmethod
     def _scan(self, split: str, exclude: bool) -> tuple[list[PatchRef], int, list[str]]:
@@ -113,6 +116,8 @@ class Archive(ABC):
         split = official.normalise_split(split)
         key = (split, exclude)
         if key not in self._listings:
+            # Stamped before listing: a change during the listing shows as a newer stamp later.
+            self._stamps[key] = self.stamp()
             present, listed, missing = self._scan(split, exclude)
             presence = Presence(split, listed, len(present), tuple(missing[:MISSING_EXAMPLES]))
             self._listings[key] = present, presence
@@ -140,7 +145,28 @@ class Archive(ABC):
 
     def presence(self, split: str, *, exclude: bool = True) -> Presence:
         """How many of the split's listed patch pairs are on disk."""
-        return self._listing(split, exclude)[1]
+        adopted = self._adopted.get((official.normalise_split(split), exclude))
+        return adopted if adopted is not None else self._listing(split, exclude)[1]
+
+    def adopt_presence(self, presence: Presence, *, exclude: bool = True) -> None:
+        """Take a split's presence from a record (the cache index) instead of a listing: it is
+        announced as a listing's would be (the once-per-split warning, ``require_complete``)."""
+        self._announce(presence)
+        self._adopted[(presence.split, exclude)] = presence
+
+    def listing_stamp(self, split: str, *, exclude: bool = True) -> Stamp:
+        """The stamp taken just before this archive listed the split (listing it if needed)."""
+        self._listing(split, exclude)
+        return self._stamps[(official.normalise_split(split), exclude)]
+
+    @abstractmethod
+    def stamp(self) -> Stamp:
+        """What decides every split's patch list, now, without listing it
+        (:mod:`mmvit.data.stamp` says why that is enough)."""
+
+    @abstractmethod
+    def ref(self, patch: str, s1_patch: str) -> PatchRef:
+        """The :class:`PatchRef` of one pair by its names (as a listing builds it)."""
 
     @property
     @abstractmethod
@@ -171,6 +197,21 @@ class V1Archive(Archive):
     @property
     def split_source(self) -> str:
         return str(self._split_dir) if self._custom else "bigearthnet-common official v1 split"
+
+    def stamp(self) -> Stamp:
+        """The two patch folders (v1 keeps every patch folder directly in them), the custom
+        split lists, and the bigearthnet-common version (official lists, exclusions, S1 pairs)."""
+        stamp = Stamp()
+        stamp.add_value("rules", [self.layout, SCAN_RULES])
+        stamp.add_value("bigearthnet-common", package_version("bigearthnet-common"))
+        stamp.add_path("s2", self.s2_base)
+        stamp.add_path("s1", self.s1_base)
+        for file_name in official.SPLIT_FILES.values():
+            stamp.add_path(f"splits/{file_name}", self._split_dir / file_name, size=True)
+        return stamp
+
+    def ref(self, patch: str, s1_patch: str) -> PatchRef:
+        return PatchRef(patch, s1_patch, self.s2_base / patch, self.s1_base / s1_patch)
 
     def _read_custom_splits(self) -> tuple[dict[str, list[str]], dict[str, str]]:
         lists: dict[str, list[str]] = {}
@@ -228,7 +269,7 @@ class V1Archive(Archive):
         for name in names:  # S1 partners are looked up for the S2 folders present only
             s1 = self._s1_name(name) if name in s2_present else None
             if s1 is not None and s1 in s1_present:
-                refs.append(PatchRef(name, s1, self.s2_base / name, self.s1_base / s1))
+                refs.append(self.ref(name, s1))
             else:
                 missing.append(name)
         return refs, len(names), missing
@@ -247,10 +288,36 @@ class V2Archive(Archive):
         self.s2_base = root / V2_S2_DIR
         self.s1_base = root / V2_S1_DIR
         self._metadata = None
+        self._labels: dict[str, tuple[str, ...]] | None = None
 
     @property
     def split_source(self) -> str:
         return str(self.root / V2_METADATA)
+
+    def stamp(self) -> Stamp:
+        """The metadata file, the two patch folders and their tile folders (v2 keeps each patch
+        folder in a tile folder: a patch added there changes the tile folder only)."""
+        stamp = Stamp()
+        stamp.add_value("rules", [self.layout, SCAN_RULES])
+        stamp.add_path("metadata", self.root / V2_METADATA, size=True)
+        for key, base in (("s2", self.s2_base), ("s1", self.s1_base)):
+            stamp.add_path(key, base)
+            stamp.add_subfolders(f"{key} tiles", base)
+        return stamp
+
+    def ref(self, patch: str, s1_patch: str) -> PatchRef:
+        if self._labels is None:  # read once, on demand: only direct reads of a cached split need it
+            frame = self.metadata()
+            self._labels = dict(zip(frame["patch_id"], (tuple(v) for v in frame["labels"])))
+        labels = self._labels.get(patch)
+        if labels is None:
+            raise DataError(f"Every patch must be in the reBEN metadata file {self.root / V2_METADATA}, "
+                            f"but {patch!r} is not (a cache index names it). Delete that cache.")
+        return self._ref(patch, s1_patch, labels)
+
+    def _ref(self, patch: str, s1_patch: str, labels: tuple[str, ...]) -> PatchRef:
+        return PatchRef(patch, s1_patch, self.s2_base / _v2_tile(patch) / patch,
+                        self.s1_base / _v2_tile(s1_patch) / s1_patch, labels)
 
     def metadata(self):
         """The archive's ``metadata.parquet`` as a pandas DataFrame (read once)."""
@@ -291,16 +358,8 @@ class V2Archive(Archive):
                 if flag in frame.columns:
                     frame = frame[~frame[flag].astype(bool)]
         frame = frame.sort_values("patch_id")
-        return [
-            PatchRef(
-                patch=row.patch_id,
-                s1_patch=row.s1_name,
-                s2_dir=self.s2_base / _v2_tile(row.patch_id) / row.patch_id,
-                s1_dir=self.s1_base / _v2_tile(row.s1_name) / row.s1_name,
-                labels=tuple(row.labels),
-            )
-            for row in frame.itertuples(index=False)
-        ]
+        return [self._ref(row.patch_id, row.s1_name, tuple(row.labels))
+                for row in frame.itertuples(index=False)]
 
 
 def label_vector(ref: PatchRef) -> np.ndarray:

@@ -13,8 +13,8 @@ from torch.utils.data import Dataset
 
 from mmvit.data.archive import Archive, label_vector, open_archive
 from mmvit.data.bands import MODALITIES, S2_BANDS, optical_bands, uses_s1
-from mmvit.data.cache import LoadedComponent, SplitCache, labels_component, s1_component, s2_component
-from mmvit.data.patch_reader import PatchReader
+from mmvit.data.cache import LoadedComponent, SplitCache, array_key, split_components
+from mmvit.data.cache_index import PatchNames
 from mmvit.data.splits import normalise_split
 from mmvit.data.stats import ChannelStats
 from mmvit.errors import DataError
@@ -46,7 +46,10 @@ class BigEarthNetMM(Dataset):
     official patches are there (``presence``); ``require_complete=True`` makes it an error.
 
     With ``cache_dir`` the split is converted once into memory-mapped arrays
-    (:mod:`mmvit.data.cache`) and read from there — identical values, far faster.
+    (:mod:`mmvit.data.cache`) and read from there — identical values, far faster. Once a split
+    is cached, later datasets take its patch list and presence from the cache's index instead of
+    listing the archive, for as long as the archive's folders and lists are unchanged
+    (:mod:`mmvit.data.cache_index`); ``refs`` then builds each :class:`PatchRef` on demand.
 
     If you use this dataset, cite Sumbul et al., "BigEarthNet-MM: A Large-Scale, Multimodal,
     Multilabel Benchmark Archive for Remote Sensing Image Classification and Retrieval",
@@ -80,7 +83,6 @@ class BigEarthNetMM(Dataset):
             root = ensure_demo_archive()
         self.archive: Archive = open_archive(root, require_complete=require_complete)
         self.split = normalise_split(split)
-        self.presence = self.archive.presence(self.split, exclude=exclude)
         self.modalities = modalities
         self.transforms = transforms
         self.skip_unreadable = skip_unreadable
@@ -89,25 +91,23 @@ class BigEarthNetMM(Dataset):
         self._with_s1 = uses_s1(modalities)
         # RGB is read as all ten bands by the cache (shared with s2 studies) and sliced here.
         self._channels = [S2_BANDS.index(b) for b in self._optical]
-        self.reader = PatchReader(S2_BANDS if self._optical else (), resampling,
-                                  self._with_s1, speckle_filter)
+        components, self.reader = split_components(modalities, resampling, speckle_filter, s1_dtype)
         self._cache: dict[str, LoadedComponent] | None = None
         if cache_dir is not None:
             cache = SplitCache(self.archive, self.split, Path(cache_dir), exclude=exclude)
-            components = {"label": labels_component()}
-            if self._optical:
-                components["s2"] = s2_component(resampling)
-            if self._with_s1:
-                components["s1"] = s1_component(speckle_filter, s1_dtype)
-            cache.ensure(list(components.values()), self.reader, workers=workers,
-                         skip_unreadable=skip_unreadable, progress=progress)
-            self._cache = {key: cache.load(c) for key, c in components.items()}
+            self.presence = cache.presence
+            cache.ensure(components, self.reader, workers=workers, skip_unreadable=skip_unreadable,
+                         progress=progress)
+            self._cache = {array_key(c.name): cache.load(c) for c in components}
             self.refs = cache.refs
+            self._names = cache.names
             valid = np.logical_and.reduce([c.valid for c in self._cache.values()])
-            self.skipped = [r.patch for r, ok in zip(self.refs, valid) if not ok]
+            self.skipped = self._names.names(np.flatnonzero(~valid))
             self._rows = np.flatnonzero(valid)
         else:
+            self.presence = self.archive.presence(self.split, exclude=exclude)
             self.refs = self.archive.patches(self.split, exclude=exclude)
+            self._names = PatchNames.from_refs(self.refs)
             self._rows = np.arange(len(self.refs))
         if len(self._rows) == 0:
             raise DataError(
@@ -122,7 +122,7 @@ class BigEarthNetMM(Dataset):
 
     @property
     def patch_names(self) -> list[str]:
-        return [self.refs[row].patch for row in self._rows]
+        return self._names.names(self._rows)
 
     @property
     def rows(self) -> np.ndarray:
@@ -188,7 +188,7 @@ class BigEarthNetMM(Dataset):
         if self._with_s1:
             sample["image_s1"] = torch.from_numpy(arrays["s1"].astype(np.float32, copy=True))
         sample["label"] = torch.from_numpy(arrays["label"].astype(np.float32))
-        sample["patch"] = self.refs[row].patch
+        sample["patch"] = self._names.name(row)
         if self.transforms is not None:
             sample = self.transforms(sample)
         return sample
