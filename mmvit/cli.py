@@ -317,8 +317,9 @@ def validate(
     train_patches: Annotated[Optional[int], typer.Option(help="Training patches for the cost estimate (default: the v1 train split).")] = 269_695,
     profile: Annotated[Optional[str], typer.Option(help="full, quick or smoke (default: the one `run` chooses: full with --data, $MMVIT_DATA or data.root, quick on the demo archive).")] = None,
     data: Annotated[Optional[Path], typer.Option(help="The archive `run` will get (only its presence chooses the profile; it is not read).")] = None,
+    keep_checkpoints: Annotated[bool, typer.Option(help="Estimate the disk as `run --keep-checkpoints` keeps it (search trials' best weights too).")] = False,
 ) -> None:
-    """Check a study file and print the plan `run` runs: arms, seeds, trials, a rough cost."""
+    """Check a study file and print the plan `run` runs: arms, seeds, trials, a rough cost, the checkpoints' disk."""
     from mmvit.study.plan import REFERENCE_TFLOPS, choose_profile, plan_study
     from mmvit.study.spec import load_spec
 
@@ -350,6 +351,9 @@ def validate(
         console.print(f"rough cost: {plan.gpu_hours:,.1f} GPU-hours at {REFERENCE_TFLOPS:.0f} TFLOP/s effective "
                       f"(6·params·tokens per sample-pass, {plan.arms[0].train_patches:,} training patches, "
                       "no early stopping)")
+    from mmvit.study.checkpoints import estimate_disk
+
+    console.print(estimate_disk(plan, keep=keep_checkpoints).line(), highlight=False)
 
 
 @app.command("run")
@@ -366,6 +370,7 @@ def run(
     gpus_per_trial: Annotated[Optional[float], typer.Option(help="GPUs per trial; 0.5 puts two trials on a GPU (default: resources.gpu of the file, else 1 when the cluster has GPUs, else 0).")] = None,
     cpus_per_trial: Annotated[Optional[float], typer.Option(help="CPUs per trial (default: resources.cpu of the file, else a fair share of a GPU node's CPUs, or 1 without GPUs).")] = None,
     require_complete: RequireComplete = False,
+    keep_checkpoints: Annotated[bool, typer.Option(help="Keep search trials' best weights after their arm's search (default: removed; finished trials always drop their resume state).")] = False,
     verbose: Annotated[bool, typer.Option(help="Show Ray's logs.")] = False,
 ) -> None:
     """Run (or resume) a study: every arm × seed, recorded in Optuna storage."""
@@ -385,11 +390,21 @@ def run(
                             retry_failed=retry_failed, verbose=verbose, console=console,
                             reports_dir=reports_dir, storage_path=storage_path,
                             cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-                            require_complete=require_complete)
+                            require_complete=require_complete, keep_checkpoints=keep_checkpoints)
     except KeyboardInterrupt:
         console.print(f"Stopped at once. Everything finished is in {where}; trials that were running "
                       f"resume from their last epoch checkpoint when you run the same command again.")
         raise typer.Exit(130) from None
+    _print_summary(summary, where, name)
+    if summary.interrupted or summary.stopped:
+        console.print(f"Interrupted: {summary.interrupted} running trial(s) stopped; {summary.left} of "
+                      f"{summary.planned} planned trial(s) still to do. Run the same command again: stopped "
+                      "trials resume from their last epoch checkpoint.")
+        raise typer.Exit(130)
+
+
+def _print_summary(summary, where: str, name: str) -> None:
+    """What a driver did: trials planned, done, run, failed, and where to look next."""
     searched = f", {summary.search_trials} search trial(s)" if summary.search_trials else ""
     others = f", {summary.by_others} by another driver" if summary.by_others else ""
     console.print(f"{summary.planned} trial(s) planned: {summary.already_done} already done, "
@@ -401,11 +416,6 @@ def run(
     console.print(f"storage: {where} — see `mmvit-study status {name}`")
     if summary.report:
         console.print(f"report: {summary.report}", highlight=False)
-    if summary.interrupted or summary.stopped:
-        console.print(f"Interrupted: {summary.interrupted} running trial(s) stopped; {summary.left} of "
-                      f"{summary.planned} planned trial(s) still to do. Run the same command again: stopped "
-                      "trials resume from their last epoch checkpoint.")
-        raise typer.Exit(130)
 
 
 @app.command("report")
@@ -427,8 +437,9 @@ def status(
     study: Annotated[str, typer.Argument(help="Study name.")],
     studies_dir: Annotated[Path, typer.Option(help="Where studies/<study>/ lives.")] = Path("studies"),
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL.")] = None,
+    storage_path: Annotated[Optional[str], typer.Option(help="Where the study's checkpoints are, if it ran with --storage-path (default: where its last run recorded them).")] = None,
 ) -> None:
-    """The arms × seeds table of a study, from storage."""
+    """The arms × seeds table of a study, from storage, and the disk its checkpoints hold."""
     from mmvit.metric_names import AGGREGATE
     from mmvit.record_schema import StoredStudy, StoredTrial
     from mmvit.study.claims import state_label
@@ -453,3 +464,10 @@ def status(
                       fmt(trial.value), *(fmt(test.get(k)) for k in AGGREGATE),
                       stored.host or "—")  # on a cluster: where it runs or ran
     console.print(table)
+    from mmvit.storage.paths import StudyPaths
+    from mmvit.study.checkpoints import status_candidates, status_line
+
+    explicit = StudyPaths(study, studies_dir, storage_path=storage_path).checkpoints if storage_path else None
+    console.print(status_line(status_candidates(recorded.checkpoint_disk, StudyPaths(study, studies_dir).checkpoints,
+                                                explicit), recorded.checkpoint_disk), highlight=False)
+

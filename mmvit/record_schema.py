@@ -10,7 +10,9 @@ Versions. Each record stores ``schema`` (:data:`SCHEMA_VERSION`). Version 1 is t
 below. Records without ``schema`` were written before the schema had a number (mmvit-study 0.1
 until December 2026) and hold the same keys with the same meaning, so they read as version 1
 (``tests/fixtures/legacy_study`` is such a study). A record of a newer version is refused with
-a message that says to upgrade: a reader must not guess at keys it does not know.
+a message that says to upgrade: a reader must not guess at keys it does not know. An optional
+key added within a version (``checkpoint_bytes``, ``checkpoint_disk``) is absent from older records,
+which read as before, and ignored by older readers: it needs no new number.
 
 Writers record what they know when they know it (a trial's identity when it starts, its
 history every epoch, its results at the end): every field is optional, and :meth:`to_attrs`
@@ -104,6 +106,9 @@ class StoredTrial:
     precision: str | None = None
     class_counts: list[int] | None = None
     worker_rss_mb: float | None = None
+    checkpoint_bytes: int | None = None
+    """Final trials: the bytes of checkpoints it keeps once finished (its best weights; the resume
+    state goes, :mod:`mmvit.study.checkpoints`). Absent in trials stored before 2026-12-08."""
     schema: int | None = None
     """Set on the record a trial starts with (:meth:`start`)."""
 
@@ -184,6 +189,10 @@ class StoredStudy:
     reference: dict[str, Any] | None = None
     archive_presence: dict[str, list[int]] | None = None
     """``{split: [present, listed]}``: how many of each split's patches the archive held."""
+    checkpoint_disk: dict[str, Any] | None = None
+    """What the study's checkpoints held when a run last measured them (at its start and end):
+    ``path`` (folder or URI), ``bytes``, ``folders`` (trial folders), ``measured`` (ISO time).
+    Absent in studies stored before 2026-12-08."""
     schema: int | None = None
     arms_compared: bool = False
     """Whether the arms record ``compare_with`` (studies from before per-axis comparisons do not).

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from mmvit.cli import app
 from mmvit.errors import StudyError
 from mmvit.study.runner import StudyJob, run_study
-from mmvit.study.trial import checkpoint_folder
+from mmvit.study.trial import checkpoint_folder, config_key
 from mmvit.study.spec import load_spec, parse_spec
 from mmvit.storage.shared_path import trial_checkpoints
 from mmvit.storage.connection import open_storage, storage_url
@@ -138,7 +138,8 @@ def test_interrupted_trial_resumes_from_its_checkpoint(ray_session, tmp_path, de
         bucket = tmp_path / "bucket" / "killed"
         assert {p.name for p in (bucket / "checkpoints").iterdir()} == {"final"}, "final trials' namespace"
         assert {p.name for p in (bucket / "checkpoints" / "final").iterdir()} == {t.user_attrs["config_key"] for t in complete}
-        assert all((bucket / "checkpoints" / "final" / t.user_attrs["config_key"] / "last.pt").is_file() for t in complete)
+        assert all({p.name for p in (bucket / "checkpoints" / "final" / t.user_attrs["config_key"]).iterdir()}
+                   == {"best.pt"} for t in complete), "a finished trial keeps its best weights, on the store too"
         assert any((bucket / "ray").iterdir()), "Ray's results"
         assert not (tmp_path / "studies" / "killed" / "checkpoints").exists()
         assert not (tmp_path / "studies" / "killed" / "ray").exists()
@@ -243,6 +244,9 @@ def test_search_prunes_with_asha_per_arm_and_trains_each_arms_best(ray_session, 
     assert attrs["search_studies"] == ["tuned/search/model.fusion=early", "tuned/search/model.fusion=sct"]
     assert [(a["baseline"], a["compare_with"], a["axis"]) for a in attrs["arms"]] == [
         (True, None, None), (False, "model.fusion=early", "model.fusion")], "the first listed fusion is the reference"
+
+    search_folders = {p.name for p in (tmp_path / "studies" / "tuned" / "checkpoints" / "search").iterdir()}
+    assert search_folders == {config_key(winner)}, "the searches are done: only the folder no trial of them wrote is left"
 
     again = run_study(path, studies_dir=tmp_path / "studies", data=str(demo_root), profile="quick", reports_dir=None)
     assert (again.search_trials, again.ran) == (0, 0), "a finished search is not searched again"

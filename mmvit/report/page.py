@@ -22,6 +22,7 @@ from mmvit.report.overview import Overview
 from mmvit.report.records import METRIC_NAMES, StudyRecord
 from mmvit.report.stats import ALPHA, MIN_PAIRS
 from mmvit.report.tables import SIGNIFICANT, Table
+from mmvit.storage.disk import format_bytes
 
 PLOTLY_JS = "plotly.min.js"
 
@@ -119,6 +120,21 @@ def _commits_text(env: dict) -> str:
     return "; ".join(parts) or "not recorded"
 
 
+def _checkpoints_text(record: StudyRecord) -> str:
+    """"1.2 GB in 36 trial folders (…), measured … by the last run; 4.8 MB per final trial (best
+    weights)": what the runner recorded (the report reads storage, never the checkpoints)."""
+    disk = record.checkpoint_disk
+    if not disk or "bytes" not in disk:
+        return "not recorded (a study run before mmvit-study recorded it; `mmvit-study status` measures it)"
+    measured = str(disk.get("measured") or "?").replace("T", " ")[:16]
+    text = (f"{format_bytes(disk['bytes'])} in {disk.get('folders', '?')} trial folders ({disk.get('path', '?')}), "
+            f"measured {measured} by the last run")
+    kept = [t.checkpoint_bytes for t in record.trials if t.complete and t.checkpoint_bytes is not None]
+    if kept:
+        text += f"; {format_bytes(sum(kept) / len(kept))} per finished final trial (its best weights)"
+    return text
+
+
 def header_html(record: StudyRecord, view: Overview) -> str:
     env = record.environment or {}
     versions = env.get("versions") or {}
@@ -161,6 +177,7 @@ def header_html(record: StudyRecord, view: Overview) -> str:
     compute = f"{view.hours_total:.2f} trial-hours (final: {_hours(view.hours_final)}"
     compute += f"; search: {_hours(view.hours_search)})" if record.search else ")"
     rows.append(("Compute spent", compute))
+    rows.append(("Checkpoints on disk", _checkpoints_text(record)))
     out.append('<dl class="meta" id="study-meta">' + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in rows)
                + "</dl>")
     if view.missing:

@@ -80,6 +80,8 @@ class TrialRecord:
     pruned_at_epoch: int | None = None
     started: datetime | None = None
     completed: datetime | None = None
+    checkpoint_bytes: int | None = None
+    """What the finished trial keeps on disk (final trials; None before studies recorded it)."""
 
     @property
     def hours(self) -> float:
@@ -136,6 +138,9 @@ class StudyRecord:
     """False for a study recorded before per-axis comparisons: every Δ is against ``baseline``."""
     planned_seeds: list[int] | None = None
     """The seeds the run's profile trains (the quick profile may keep fewer than the file lists)."""
+    checkpoint_disk: dict[str, Any] | None = None
+    """What the checkpoints held when a run last measured them (``path``, ``bytes``, ``folders``,
+    ``measured``); None for studies run before it was recorded."""
 
     @property
     def metric(self) -> str:
@@ -239,6 +244,7 @@ def trial_record(trial: FrozenTrial, now: datetime, *, phase: str | None = None)
         seconds=_seconds(trial, stored.wall_s, now), error=stored.error,
         pruned_at_epoch=int(stored.pruned_at_epoch) if stored.pruned_at_epoch is not None else None,
         started=trial.datetime_start, completed=trial.datetime_complete,
+        checkpoint_bytes=int(stored.checkpoint_bytes) if stored.checkpoint_bytes is not None else None,
     )
 
 
@@ -342,4 +348,5 @@ def load_study_record(study_name: str, storage_url: str) -> StudyRecord:
         reference=recorded.reference or None, arms=arms, baseline=baseline, baseline_assumed=assumed,
         trials=trials, search=_search(storage, list(recorded.search_studies or []), names, direction, now, notes),
         loaded_at=now, notes=notes, per_axis=per_axis,
-        planned_seeds=[int(x) for x in recorded.planned_seeds] if recorded.planned_seeds is not None else None)
+        planned_seeds=[int(x) for x in recorded.planned_seeds] if recorded.planned_seeds is not None else None,
+        checkpoint_disk=dict(recorded.checkpoint_disk) if recorded.checkpoint_disk else None)

@@ -31,6 +31,7 @@ from mmvit.errors import SpecError, StudyError
 from mmvit.record_schema import (SCHEMA_VERSION, StoredArm, StoredSearchStudy, StoredStudy, StoredTrial,
                                  write_study)
 from mmvit.study.arms import Arm, comparisons
+from mmvit.study.checkpoints import record_disk, search_complete, tidy_search
 from mmvit.study.cluster import use_cluster_token
 from mmvit.study.claims import (Heartbeats, fail_stale, live_running, new_driver_id, release_own,
                                  was_interrupted)
@@ -355,6 +356,16 @@ def finished_by(study: optuna.Study, driver: str) -> int:
                and not was_interrupted(t))
 
 
+def search_studies(job: StudyJob) -> list[optuna.Study]:
+    """The arms' search studies that exist in storage (none without ``search:``)."""
+    if not job.spec.search:
+        return []
+    storage = open_storage(job.url)
+    names = set(optuna.get_all_study_names(storage))
+    return [optuna.load_study(study_name=name, storage=storage)
+            for name in (search_study_name(job.spec, arm.name) for arm in job.arms) if name in names]
+
+
 def searched_parameters(job: StudyJob) -> tuple[dict[int, dict], set[int], list[str]]:
     """(best parameters of each arm whose search is over, arms another driver still searches,
     names of arms whose search ended without a COMPLETE trial)."""
@@ -379,8 +390,12 @@ class StudyDriver:
     is left at every step, so the same loop resumes a study and shares one with other drivers."""
 
     def __init__(self, job: StudyJob, study: optuna.Study, stop: StopRequest, *, retry_failed: bool,
-                 verbose: bool) -> None:
+                 verbose: bool, keep_checkpoints: bool = False) -> None:
         self.job, self.study, self.stop, self.verbose = job, study, stop, verbose
+        self.keep_checkpoints = keep_checkpoints
+        """Keep search trials' best weights after their arm's search (``run --keep-checkpoints``)."""
+        self.tidied: set[int] = set()
+        """Arms whose search checkpoints this driver has tidied (a finished search stays finished)."""
         self.retry_failed = retry_failed
         """Once per run: a point that fails again is left for the next run."""
         self.seeds = profile_plan(job.spec, job.profile)[0]
@@ -425,7 +440,22 @@ class StudyDriver:
         if self.released or self.stop.requested:
             return None
         params, busy, self.unsearched = searched_parameters(self.job)
+        self.tidy_searches()
         return params, busy
+
+    def tidy_searches(self) -> None:
+        """Remove the search checkpoints of every arm whose search is complete in storage (never
+        one that still runs or waits, in this driver or another): the finals train from scratch."""
+        per_arm = profile_plan(self.job.spec, self.job.profile)[1]
+        for index, arm in enumerate(self.job.arms):
+            if index in self.tidied:
+                continue
+            study = optuna.load_study(study_name=search_study_name(self.job.spec, arm.name),
+                                      storage=open_storage(self.job.url))
+            if search_complete(study, per_arm):
+                freed = tidy_search(study, self.job.checkpoints, keep=self.keep_checkpoints)
+                log.info("Search of %s complete: %.1f MB of its checkpoints removed.", arm.name, freed / 1e6)
+                self.tidied.add(index)
 
     def plan(self, params: dict[int, dict]) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         """(final points this driver runs now, points a live trial of another driver runs)."""
@@ -474,14 +504,17 @@ def run_study(path: Path | StudyFile, *, studies_dir: Path = Path("studies"), st
               retry_failed: bool = False, verbose: bool = False, console=None,
               reports_dir: Path | None = Path("reports"), storage_path: str | None = None,
               cpus_per_trial: float | None = None, gpus_per_trial: float | None = None,
-              require_complete: bool = False) -> RunSummary:
+              require_complete: bool = False, keep_checkpoints: bool = False) -> RunSummary:
     """Run what the study still needs; ``console`` (a rich Console) shows the live view; the
     report in ``reports_dir/<study>/`` is refreshed as trials finish (None: no report). Each
     trial's CPUs and GPUs: :func:`trial_resources` (a resumed study may use others).
 
     Another driver may work on the same study: its live trials are left to it, and this driver
     waits for them (taking a trial over if its driver stops) so it returns with the study done.
-    ``require_complete`` refuses an archive with patches missing from disk."""
+    ``require_complete`` refuses an archive with patches missing from disk. Finished trials keep
+    their best weights only, and an arm's search checkpoints go when its search is complete unless
+    ``keep_checkpoints`` (:mod:`mmvit.study.checkpoints`); the checkpoints' disk is recorded at
+    the start and end of the run."""
     started = time.time()
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
     study_file = path if isinstance(path, StudyFile) else read_study(path, check_models=False)
@@ -518,8 +551,10 @@ def run_study(path: Path | StudyFile, *, studies_dir: Path = Path("studies"), st
         check_resources(job.resources)
         warn_unshared(storage_path)
         driver = StudyDriver(job, study, session.enter_context(StopRequest()), retry_failed=retry_failed,
-                             verbose=verbose)
+                             verbose=verbose, keep_checkpoints=keep_checkpoints)
+        record_disk(study, search_studies(job), job.checkpoints)
         driver.run()
+        record_disk(study, search_studies(job), job.checkpoints)  # before the report's last build
     return driver.summary(time.time() - started, live_report.index if live_report else None)
 
 

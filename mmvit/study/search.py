@@ -35,9 +35,10 @@ from ray.tune.search import Searcher
 
 from mmvit.record_schema import StoredTrial, write_trial
 from mmvit.storage import optuna_adapter
+from mmvit.study.checkpoints import busy_keys, finish_trial
 from mmvit.study.claims import Heartbeats, fail_stale, interrupt, live_running, was_interrupted
 from mmvit.study.spec import SearchParam, StudySpec
-from mmvit.study.trial import StudyJob
+from mmvit.study.trial import StudyJob, checkpoint_folder, config_key
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,7 @@ class ArmSearch(Searcher):
         self.told: set[str] = set()
         self.epochs: dict[str, int] = {}
         self.last_epoch: dict[str, int] = {}
+        self.folders: dict[str, tuple[str, str]] = {}  # Ray trial id → (checkpoint folder, config key)
 
     def __getstate__(self) -> dict:
         # Tune pickles its searcher into the experiment state; the heartbeat thread stays here.
@@ -164,7 +166,9 @@ class ArmSearch(Searcher):
                 continue
             self.asked[trial_id] = (index, asked)
             seed = self.job.spec.search_seed  # never a final seed: finals train from scratch
-            self.epochs[trial_id] = self.job.resolve(index, seed, asked.params).train.epochs
+            config = self.job.resolve(index, seed, asked.params)
+            self.epochs[trial_id] = config.train.epochs
+            self.folders[trial_id] = checkpoint_folder(self.job.checkpoints, "search", config), config_key(config)
             return {"point": {"arm": index, "seed": seed, "params": dict(asked.params),
                               "search": [study.study_name, stored_id]}}
         return Searcher.FINISHED
@@ -196,9 +200,18 @@ class ArmSearch(Searcher):
                 stored = StoredTrial.from_trial(storage.get_trial(stored_id))
                 value = (stored.validation or {}).get(self.metric, (result or {}).get(self.metric))
                 study.tell(asked, value)
+            if not error:
+                self._drop_resume_state(study, trial_id)
         except Exception as failure:  # a finished trial, a NaN value: never lose the rest
             log.warning("Could not record search trial %s: %s", asked.number, failure)
         self.heartbeats.discard(stored_id)
+
+    def _drop_resume_state(self, study: optuna.Study, trial_id: str) -> None:
+        """After the tell, a finished search trial's last.pt is dead weight — unless a trial still
+        running or waiting (a duplicate proposal, another driver's) has the same configuration."""
+        folder, key = self.folders[trial_id]
+        if key not in busy_keys(study):
+            finish_trial(folder)
 
 
 class ArmASHA(FIFOScheduler):

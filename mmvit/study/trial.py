@@ -8,7 +8,9 @@ driver tells it COMPLETE, PRUNED (ASHA) or FAIL; it trains on the study's search
 measures no test metrics. Checkpoints live under
 ``studies/<study>/checkpoints/<phase>/<hash of the resolved configuration>/`` (phase ``search`` or
 ``final``), so a re-run of the same configuration — after a crash, a kill or Ctrl-C — resumes from
-its last finished epoch, and a final trial never starts from a search trial's weights.
+its last finished epoch, and a final trial never starts from a search trial's weights. Once storage
+holds a trial as finished, its resume state goes and its best weights stay
+(:mod:`mmvit.study.checkpoints`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from mmvit.storage import optuna_adapter
 from mmvit.storage.connection import heartbeat_s, open_storage
 from mmvit.storage.shared_path import join, trial_checkpoints
 from mmvit.study.arms import Arm, ablated_keys
+from mmvit.study.checkpoints import finish_trial, kept_bytes
 from mmvit.study.claims import Heartbeats, claim, interrupt, stale_trials, was_interrupted
 from mmvit.study.spec import StudySpec
 
@@ -278,9 +281,10 @@ def _train_and_record(config: TrialConfig, job: StudyJob, storage, study: optuna
         write_trial(storage, trial_id, StoredTrial(history=history))
         tune.report({metric: value, "epoch": record.epoch})
 
+    phase = "final" if final else "search"
+    remote = checkpoint_folder(job.checkpoints, phase, config)
     try:
-        phase = "final" if final else "search"
-        with trial_checkpoints(checkpoint_folder(job.checkpoints, phase, config)) as (folder, publish):
+        with trial_checkpoints(remote) as (folder, publish):
             def on_epoch_published(record, checkpoint_path) -> None:
                 publish()  # before storage hears of the epoch: a resume finds every recorded epoch
                 on_epoch(record, checkpoint_path)
@@ -288,6 +292,7 @@ def _train_and_record(config: TrialConfig, job: StudyJob, storage, study: optuna
             result = train_trial(config, checkpoint_dir=folder, on_epoch=on_epoch_published, on_resume=on_resume,
                                  test=final)
             publish()
+            kept = kept_bytes(folder)
     except Exception as error:
         write_trial(storage, trial_id, StoredTrial(error=f"{type(error).__name__}: {error}"))
         if study is not None:
@@ -302,6 +307,7 @@ def _train_and_record(config: TrialConfig, job: StudyJob, storage, study: optuna
         ap_per_class_validation=_finite(result.validation["ap_per_class"]), best_epoch=result.best_epoch,
         parameters=result.parameters, samples_per_s=result.samples_per_s, peak_memory_mb=result.peak_memory_mb,
         wall_s=result.wall_s, epochs_run=result.epochs_run, device=result.device, precision=result.precision,
-        class_counts=result.class_counts, worker_rss_mb=_rss_mb()))
+        class_counts=result.class_counts, worker_rss_mb=_rss_mb(), checkpoint_bytes=kept if final else None))
     if study is not None:
         storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [result.validation[metric]])
+        finish_trial(remote)  # only now: a crash before the tell resumes from last.pt
