@@ -11,6 +11,7 @@ error naming ``pip install -e '.[postgres]'`` keeps its ``[postgres]``). Fixed l
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -49,6 +50,9 @@ data_app = typer.Typer(no_args_is_help=True, help="Inspect, generate and cache B
 bench_app = typer.Typer(no_args_is_help=True, help="Measure throughput.")
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
+slurm_app = typer.Typer(no_args_is_help=True, help="Run a study as a SLURM job: Ray over the allocation, requeued "
+                                                  "at the time limit while work remains.")
+app.add_typer(slurm_app, name="slurm")
 
 RootArg = Annotated[Optional[Path], typer.Argument(
     help="Archive root (v1: BigEarthNet-v1.0/ + BigEarthNet-S1-v1.0/; v2: BigEarthNet-S2/, "
@@ -464,6 +468,7 @@ def status(
                       fmt(trial.value), *(fmt(test.get(k)) for k in AGGREGATE),
                       stored.host or "—")  # on a cluster: where it runs or ran
     console.print(table)
+    _print_slurm_jobs(loaded)
     from mmvit.storage.paths import StudyPaths
     from mmvit.study.checkpoints import status_candidates, status_line
 
@@ -471,3 +476,138 @@ def status(
     console.print(status_line(status_candidates(recorded.checkpoint_disk, StudyPaths(study, studies_dir).checkpoints,
                                                 explicit), recorded.checkpoint_disk), highlight=False)
 
+
+def _print_slurm_jobs(study) -> None:
+    """The study's SLURM job history (``slurm submit``), one line a job run, oldest first."""
+    from mmvit.record_schema import StoredSlurmJob
+
+    jobs = StoredSlurmJob.all_of(study)
+    if not jobs:
+        return
+    restarts = max(job.restart for job in jobs)
+    console.print(f"SLURM jobs: {len({job.job_id for job in jobs})} job(s), {len(jobs)} run(s), "
+                  f"{restarts} restart(s)", highlight=False)
+    for job in jobs:
+        ended = job.ended[11:19] if job.ended else "…"
+        trials = "" if job.trials_run is None else f", {job.trials_run} trial(s) run"
+        left = "" if job.left is None else f", {job.left} left"
+        reason = f" ({job.reason})" if job.reason else ""
+        console.print(f"  job {job.job_id} restart {job.restart}: {job.started[:10]} {job.started[11:19]}–{ended} UTC "
+                      f"on {','.join(job.nodes)} ({job.cpus_per_node} CPU, {job.gpus_per_node} GPU per node)"
+                      f"{trials}{left} — {job.outcome}{reason}", highlight=False)
+
+
+RUN_OPTIONS_HELP = "Options of `mmvit-study run` the job's driver gets."
+
+
+def _run_option_args(data: Path | None, storage: str | None, profile: str | None, retry_failed: bool,
+                     storage_path: str | None, gpus_per_trial: float | None, cpus_per_trial: float | None,
+                     require_complete: bool, keep_checkpoints: bool, reports_dir: Path) -> list[str]:
+    """The driver's ``run`` options as arguments of ``slurm job`` (paths made absolute: the job
+    may start in another folder)."""
+    args = [f"--reports-dir={reports_dir.resolve()}"]
+    if data is not None:
+        args.append(f"--data={data.resolve()}")
+    for name, value in (("--storage", storage), ("--profile", profile), ("--storage-path", storage_path),
+                        ("--gpus-per-trial", gpus_per_trial), ("--cpus-per-trial", cpus_per_trial)):
+        if value is not None:
+            args.append(f"{name}={value}")
+    for name, flag in (("--retry-failed", retry_failed), ("--require-complete", require_complete),
+                       ("--keep-checkpoints", keep_checkpoints)):
+        if flag:
+            args.append(name)
+    return args
+
+
+@slurm_app.command("submit")
+def slurm_submit(
+    file: Annotated[Path, typer.Argument(help="A study file (YAML).")],
+    nodes: Annotated[int, typer.Option(help="Nodes: Ray's head on the first, a worker on each other.")] = 1,
+    gpus_per_node: Annotated[Optional[int], typer.Option(help="GPUs per node (#SBATCH --gpus-per-node; default: none asked).")] = None,
+    cpus_per_node: Annotated[Optional[int], typer.Option(help="CPUs per node (#SBATCH --cpus-per-task; default: the partition's).")] = None,
+    mem: Annotated[Optional[str], typer.Option(help="Memory per node (#SBATCH --mem, e.g. 128G).")] = None,
+    time: Annotated[Optional[str], typer.Option(help="The job's time limit (e.g. 04:00:00); the job requeues itself before it.")] = None,
+    partition: Annotated[Optional[str], typer.Option(help="SLURM partition.")] = None,
+    account: Annotated[Optional[str], typer.Option(help="SLURM account.")] = None,
+    qos: Annotated[Optional[str], typer.Option(help="SLURM QOS.")] = None,
+    signal_lead: Annotated[int, typer.Option(help="Seconds before the time limit that SLURM signals the driver to stop and requeue.")] = 300,
+    max_restarts: Annotated[int, typer.Option(help="At most this many requeues; then the job ends and says so.")] = 10,
+    sbatch: Annotated[Optional[list[str]], typer.Option("--sbatch", help="A further #SBATCH option, as written (repeatable): --sbatch=--constraint=a100.")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Write the script and print it; do not submit.")] = False,
+    data: Annotated[Optional[Path], typer.Option(help=RUN_OPTIONS_HELP + " Archive root.")] = None,
+    studies_dir: Annotated[Path, typer.Option(help="Where studies/<study>/ lives (on the shared filesystem).")] = Path("studies"),
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL (default: SQLite in studies/<study>/; PostgreSQL for several nodes).")] = None,
+    profile: Annotated[Optional[str], typer.Option(help="full, quick or smoke (as for run).")] = None,
+    retry_failed: Annotated[bool, typer.Option(help="Run failed trials again (first job only).")] = False,
+    reports_dir: Annotated[Path, typer.Option(help="Where the live report reports/<study>/ is written.")] = Path("reports"),
+    storage_path: Annotated[Optional[str], typer.Option(help="Checkpoints and Ray results (default: --studies-dir).")] = None,
+    gpus_per_trial: Annotated[Optional[float], typer.Option(help="GPUs per trial (as for run).")] = None,
+    cpus_per_trial: Annotated[Optional[float], typer.Option(help="CPUs per trial (as for run).")] = None,
+    require_complete: RequireComplete = False,
+    keep_checkpoints: Annotated[bool, typer.Option(help="Keep search trials' best weights (as for run).")] = False,
+) -> None:
+    """Write the study's sbatch script (studies/<study>/slurm/) and submit it."""
+    from mmvit.slurm.script import JobRequest, submit, write_script
+    from mmvit.storage.connection import redact, storage_url
+    from mmvit.study.spec import read_study
+
+    spec = read_study(file, check_models=False).spec  # a bad file is refused before it waits in a queue
+    request = JobRequest(file, spec.study, nodes=nodes, gpus_per_node=gpus_per_node, cpus_per_node=cpus_per_node,
+                         mem=mem, time=time, partition=partition, account=account, qos=qos,
+                         signal_lead=signal_lead, max_restarts=max_restarts, extra=list(sbatch or []),
+                         studies_dir=studies_dir,
+                         run_options=_run_option_args(data, storage, profile, retry_failed, storage_path,
+                                                      gpus_per_trial, cpus_per_trial, require_complete,
+                                                      keep_checkpoints, reports_dir))
+    request.check()
+    url = storage_url(spec.study, studies_dir, storage)
+    if nodes > 1 and url.startswith("sqlite"):
+        errors.print(_labelled("Warning:", "bold yellow", f"{nodes} nodes with SQLite storage ({redact(url)}): "
+                               "trials on every node write to that file, which needs a shared filesystem with "
+                               "working locks. Prefer --storage postgresql://… (docs/slurm.md)."), highlight=False)
+    script = write_script(request)
+    if dry_run:
+        console.print(script.read_text(), highlight=False, markup=False)
+        console.print(f"Written {script} (not submitted): `sbatch {script}` submits it.", highlight=False)
+        return
+    job = submit(script)
+    console.print(f"Submitted job {job}: {script}\nlog: {request.folder / f'job-{job}.out'} · follow it with "
+                  f"`squeue -j {job}` and `mmvit-study status {spec.study}`.", highlight=False)
+
+
+@slurm_app.command("job")
+def slurm_job(
+    file: Annotated[Path, typer.Argument(help="A study file (YAML).")],
+    max_restarts: Annotated[int, typer.Option(help="Requeue at most this many times.")] = 10,
+    data: Annotated[Optional[Path], typer.Option(help="Archive root.")] = None,
+    studies_dir: Annotated[Path, typer.Option(help="Where studies/<study>/ lives.")] = Path("studies"),
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL.")] = None,
+    profile: Annotated[Optional[str], typer.Option(help="full, quick or smoke.")] = None,
+    retry_failed: Annotated[bool, typer.Option(help="Run failed trials again.")] = False,
+    reports_dir: Annotated[Path, typer.Option(help="Where the live report is written.")] = Path("reports"),
+    storage_path: Annotated[Optional[str], typer.Option(help="Checkpoints and Ray results.")] = None,
+    gpus_per_trial: Annotated[Optional[float], typer.Option(help="GPUs per trial.")] = None,
+    cpus_per_trial: Annotated[Optional[float], typer.Option(help="CPUs per trial.")] = None,
+    require_complete: RequireComplete = False,
+    keep_checkpoints: Annotated[bool, typer.Option(help="Keep search trials' best weights.")] = False,
+    verbose: Annotated[bool, typer.Option(help="Show Ray's logs.")] = False,
+) -> None:
+    """Inside a SLURM job (what the submitted script runs): start Ray over the allocation, run the
+    study, stop Ray, requeue the job while planned trials remain."""
+    from mmvit.slurm.job import requeue, run_job
+
+    retry = retry_failed and int(os.environ.get("SLURM_RESTART_COUNT") or 0) == 0  # the first run only
+    result = run_job(file, max_restarts=max_restarts, studies_dir=studies_dir, storage=storage, verbose=verbose,
+                     console=console, data=str(data) if data else None, profile=profile, retry_failed=retry,
+                     reports_dir=reports_dir, storage_path=storage_path, gpus_per_trial=gpus_per_trial,
+                     cpus_per_trial=cpus_per_trial, require_complete=require_complete,
+                     keep_checkpoints=keep_checkpoints)
+    if result.summary is not None:
+        from mmvit.storage.connection import redact, storage_url
+
+        _print_summary(result.summary, redact(storage_url(result.study, studies_dir, storage)), result.study)
+    console.print(result.message, highlight=False)
+    if result.requeue:
+        requeue(result.job_id)  # SLURM ends this process: the last thing the job does
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)

@@ -252,3 +252,47 @@ class StoredSearchStudy:
     def from_study(cls, study: Any) -> StoredSearchStudy:
         _check_version(study.user_attrs, f"search study {study.study_name!r}")
         return cls(**_known(cls, study.user_attrs))
+
+
+SLURM_JOB_PREFIX = "slurm_job:"
+
+
+@dataclass(frozen=True)
+class StoredSlurmJob:
+    """One SLURM job (or one restart of a requeued job) that drove the study: a user attribute
+    of the main study of its own, ``slurm_job:<job id>:<restart>``, so jobs never overwrite each
+    other's records. Written when the job's driver starts (where the study exists already) and
+    again when it ends; a job killed outright keeps ``outcome: running``."""
+
+    job_id: str
+    restart: int
+    nodes: list[str]
+    cpus_per_node: int
+    gpus_per_node: int
+    started: str
+    """ISO time (UTC) the driver started."""
+    ended: str | None = None
+    outcome: str = "running"
+    """``running``, ``completed``, ``requeued``, ``stopped`` (work left, no restart left), ``error``,
+    or ``killed`` (SLURM ended the run before its driver could record how it ended)."""
+    reason: str | None = None
+    """Why it ended so: the signal that stopped it, the error, ``--max-restarts`` reached."""
+    trials_run: int | None = None
+    """Final trials this job's driver completed."""
+    left: int | None = None
+    """Planned final trials still to do when it ended."""
+
+    @property
+    def key(self) -> str:
+        return f"{SLURM_JOB_PREFIX}{self.job_id}:{self.restart}"
+
+    @classmethod
+    def all_of(cls, study: Any) -> list[StoredSlurmJob]:
+        """Every job record of an Optuna study, in the order the jobs started."""
+        jobs = [cls(**_known(cls, value)) for key, value in study.user_attrs.items()
+                if key.startswith(SLURM_JOB_PREFIX) and isinstance(value, Mapping)]
+        return sorted(jobs, key=lambda job: (job.started, job.restart))
+
+
+def write_slurm_job(study: Any, record: StoredSlurmJob) -> None:
+    study.set_user_attr(record.key, asdict(record))

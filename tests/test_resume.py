@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -114,3 +115,25 @@ def test_ctrl_c_stops_gracefully_and_the_same_command_resumes(tmp_path, demo_roo
     assert not any(t.state == TrialState.RUNNING for t in before), "a graceful stop leaves nothing RUNNING"
     _finish(tmp_path, "stopped", demo_root)
     _assert_resumed(tmp_path, "stopped", before)
+
+
+@pytest.mark.slow  # a CLI process stopped and rerun (~40 s)
+def test_sigterm_stops_like_a_first_ctrl_c_with_no_native_dump_and_no_ray_left(tmp_path, demo_root):
+    """SIGTERM is what SLURM (time limit, preemption, scancel), `kill` and container runtimes send,
+    to the driver alone: Ray's own handler used to abort it (exit 134, "*** SIGTERM received")."""
+    process = _start(tmp_path, "terminated", demo_root)
+    _wait_mid_study(tmp_path, "terminated", process)
+    ray_processes = descendants(process.pid)
+    assert ray_processes, "the driver runs Ray below it"
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output
+    assert output.count("Stopping (SIGTERM)") == 1, output
+    assert "SIGTERM received" not in output and "Traceback" not in output and "Aborted" not in output
+    assert "Interrupted:" in output
+    time.sleep(2)
+    assert not [pid for pid in ray_processes if Path(f"/proc/{pid}").exists()], "Ray's processes outlive the driver"
+    before = _trials(tmp_path, "terminated")
+    assert not any(t.state == TrialState.RUNNING for t in before)
+    _finish(tmp_path, "terminated", demo_root)
+    _assert_resumed(tmp_path, "terminated", before)

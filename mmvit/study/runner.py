@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import optuna
 from optuna.trial import TrialState
@@ -40,7 +40,7 @@ from mmvit.study.plan import choose_profile, data_source
 from mmvit.storage.resilient import raise_if_storage_lost
 from mmvit.study.search import best_params, prepare_arm_search, search_study_name
 from mmvit.study.spec import StudyFile, StudySpec, read_study
-from mmvit.study.stopping import StopRequest
+from mmvit.study.stopping import StopRequest, keep_stop_handlers
 from mmvit.storage.connection import heartbeat_s, open_storage, redact
 from mmvit.study.storage import ensure_study
 from mmvit.study.trial import (PROFILES, QUICK_PROFILE, StudyJob, config_key, profile_overrides,  # noqa: F401
@@ -210,10 +210,11 @@ def ray_session(address: str | None, verbose: bool) -> Iterator[None]:
         # driver's MMVIT_* settings (cache folder, heartbeat interval) so both sides agree.
         settings = {key: value for key, value in os.environ.items() if key.startswith("MMVIT_")}
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
-                     logging_level=logging.INFO if verbose else logging.CRITICAL,
-                     object_store_memory=100 * 2**20 if address == "local" else None,
-                     runtime_env={"env_vars": settings} if settings and address != "local" else None)
+            with keep_stop_handlers():
+                ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
+                         logging_level=logging.INFO if verbose else logging.CRITICAL,
+                         object_store_memory=100 * 2**20 if address == "local" else None,
+                         runtime_env={"env_vars": settings} if settings and address != "local" else None)
         except (ConnectionError, RuntimeError) as error:
             raise StudyError(
                 f"Cannot join the Ray cluster at {address} ({type(error).__name__}: {str(error).splitlines()[0]}). "
@@ -504,7 +505,9 @@ def run_study(path: Path | StudyFile, *, studies_dir: Path = Path("studies"), st
               retry_failed: bool = False, verbose: bool = False, console=None,
               reports_dir: Path | None = Path("reports"), storage_path: str | None = None,
               cpus_per_trial: float | None = None, gpus_per_trial: float | None = None,
-              require_complete: bool = False, keep_checkpoints: bool = False) -> RunSummary:
+              require_complete: bool = False, keep_checkpoints: bool = False,
+              stop: StopRequest | None = None,
+              on_study: Callable[[optuna.Study], None] | None = None) -> RunSummary:
     """Run what the study still needs; ``console`` (a rich Console) shows the live view; the
     report in ``reports_dir/<study>/`` is refreshed as trials finish (None: no report). Each
     trial's CPUs and GPUs: :func:`trial_resources` (a resumed study may use others).
@@ -526,6 +529,8 @@ def run_study(path: Path | StudyFile, *, studies_dir: Path = Path("studies"), st
     with ExitStack() as session:
         # Importing torch and timm and building each arm's model on the meta device takes as long
         # as starting Ray: do both at once (ray.init must stay on the main thread).
+        if stop is None:  # from the start: a stop while Ray starts is heard, not a crash
+            stop = session.enter_context(StopRequest())
         pool = session.enter_context(ThreadPoolExecutor(1, thread_name_prefix="mmvit-spec"))
         checked = pool.submit(study_file.check_models)
         presence = pool.submit(archive_presence, archive, require_complete=require_complete)
@@ -535,6 +540,8 @@ def run_study(path: Path | StudyFile, *, studies_dir: Path = Path("studies"), st
         study, additions = ensure_study(open_storage(url), spec, source=study_file.source, archive=archive,
                                         profile=profile)
         write_study(study, StoredStudy(archive_presence=counts))
+        if on_study is not None:  # a caller's own record beside the study's (a SLURM job's)
+            on_study(study)
         if additions:
             log.warning("The study grows by %s.", ", ".join(additions))
         resources = trial_resources(spec, cpus_per_trial, gpus_per_trial)
@@ -550,7 +557,7 @@ def run_study(path: Path | StudyFile, *, studies_dir: Path = Path("studies"), st
             session.enter_context(live_report)
         check_resources(job.resources)
         warn_unshared(storage_path)
-        driver = StudyDriver(job, study, session.enter_context(StopRequest()), retry_failed=retry_failed,
+        driver = StudyDriver(job, study, stop, retry_failed=retry_failed,
                              verbose=verbose, keep_checkpoints=keep_checkpoints)
         record_disk(study, search_studies(job), job.checkpoints)
         driver.run()
