@@ -169,3 +169,43 @@ def test_a_preempted_cache_build_resumes_to_the_same_bytes(slurm_cluster, tmp_pa
     reference = tmp_path / "reference"
     _build(demo_root, reference)
     _assert_same_cache(split_dir, _split_dir(demo_root, reference))
+
+
+# In a fresh interpreter, as a job's driver is: Ray reads its token settings once, when imported.
+JOIN_A_WORKER = """
+import json, os, subprocess, sys
+from pathlib import Path
+from mmvit.slurm.allocation import Allocation
+from mmvit.slurm.ray_nodes import processes_using, start_ray, wait_for_nodes
+logs = Path(sys.argv[1])
+nodes = start_ray(Allocation("4242", 0, ("head",), 1, 0), logs)
+env = {**os.environ, "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "worker", "SLURM_CPUS_ON_NODE": "1"}
+with open(logs / "worker.log", "wb") as out:
+    nodes.workers = subprocess.Popen([sys.executable, "-m", "mmvit.slurm.ray_nodes", "worker", nodes.address,
+                                      str(nodes.temp_dir)], env=env, stdout=out, stderr=subprocess.STDOUT)
+import ray
+try:
+    ray.init(address=nodes.address, logging_level="ERROR")
+    wait_for_nodes(2, 120, nodes)
+    cpus = ray.cluster_resources()["CPU"]
+finally:
+    ray.shutdown()
+    nodes.stop()
+print(json.dumps({"cpus": cpus, "leftovers": nodes.leftovers, "running": processes_using(str(nodes.temp_dir)),
+                  "temp_dir_left": nodes.temp_dir.exists()}))
+"""
+
+
+def test_a_worker_node_joins_the_jobs_ray_and_nothing_of_it_is_left(tmp_path):
+    """What `srun` starts on every other node of a job, started here beside the head as a second
+    Ray node (a one-node SLURM cannot place it elsewhere): it sizes itself from its own SLURM_*
+    variables, joins with the job's token, and goes when the job stops Ray."""
+    import json
+
+    done = subprocess.run([sys.executable, "-c", JOIN_A_WORKER, str(tmp_path)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["cpus"] == 2, "each node brings the CPUs its allocation says"
+    assert result["leftovers"] == [] and result["running"] == [], "the two `ray start --block` stop their own"
+    assert not result["temp_dir_left"]

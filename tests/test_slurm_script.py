@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -191,3 +192,18 @@ def test_handlers_installed_inside_keep_stop_handlers_are_undone():
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.05)
         assert stop.requested
+
+
+def test_workers_start_in_one_srun_step_on_every_node_but_the_head(tmp_path, monkeypatch):
+    from mmvit.slurm import ray_nodes
+
+    started = []
+    monkeypatch.setattr(ray_nodes.subprocess, "Popen", lambda command, **kwargs: started.append(command))
+    ray_nodes._start_workers(Allocation("7", 0, ("n1", "n2", "n3"), 16, 4), "10.0.0.1:6379", tmp_path / "ray",
+                             tmp_path)
+    [command] = started
+    srun = command[:command.index(sys.executable)]
+    assert srun == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--nodelist=n2,n3",
+                    "--kill-on-bad-exit=0", "--gres=gpu:4"]
+    assert command[command.index(sys.executable):] == [sys.executable, "-m", "mmvit.slurm.ray_nodes", "worker",
+                                                       "10.0.0.1:6379", str(tmp_path / "ray")]

@@ -53,10 +53,13 @@ def ray_executable() -> str:
 
 
 def node_options(cpus: int, gpus: int) -> list[str]:
-    """``ray start`` options every node of the job shares: its resources, its own free ports, no
-    dashboard (the progress view and storage tell what a study does) and no usage report."""
-    return ["--block", f"--num-cpus={cpus}", f"--num-gpus={gpus}", "--include-dashboard=false",
-            f"--dashboard-agent-listen-port={free_port()}", "--disable-usage-stats"]
+    """``ray start`` options every node of the job shares: its resources and its own free ports."""
+    return ["--block", f"--num-cpus={cpus}", f"--num-gpus={gpus}", f"--dashboard-agent-listen-port={free_port()}"]
+
+
+HEAD_OPTIONS = ("--include-dashboard=false", "--disable-usage-stats")
+"""Only the head takes these (``ray start`` refuses them on a worker): no dashboard (the progress
+view and storage tell what a study does) and no usage report (compute nodes may have no internet)."""
 
 
 def job_environment(temp_dir: Path) -> dict[str, str]:
@@ -114,8 +117,15 @@ def processes_using(marker: str) -> list[int]:
     return found
 
 
+LEFTOVER_GRACE_S = 10.0
+"""Ray's worker processes exit on their own within a second or two of their raylet."""
+
+
 def kill_leftovers(temp_dir: Path) -> list[int]:
-    pids = processes_using(str(temp_dir))
+    """Kill what of this job's Ray still runs once the grace period is over; the pids killed."""
+    deadline = time.monotonic() + LEFTOVER_GRACE_S
+    while (pids := processes_using(str(temp_dir))) and time.monotonic() < deadline:
+        time.sleep(0.2)
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -150,7 +160,7 @@ def start_ray(allocation: Allocation, log_dir: Path, *, timeout: float = 120.0) 
     address = f"{ip}:{port}"
     head_log = log_dir / f"ray-head-{allocation.job_id}-{allocation.restart}.log"
     command = [ray_executable(), "start", "--head", f"--node-ip-address={ip}", f"--port={port}", f"--temp-dir={temp_dir}",
-               *node_options(allocation.cpus_per_node, allocation.gpus_per_node)]
+               *HEAD_OPTIONS, *node_options(allocation.cpus_per_node, allocation.gpus_per_node)]
     with open(head_log, "ab") as out:
         head = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     nodes = RayNodes(address, temp_dir, head, log_dir=log_dir)
@@ -183,16 +193,17 @@ def wait_for_nodes(count: int, timeout: float, nodes: RayNodes) -> None:
     import ray
 
     deadline = time.monotonic() + timeout
-    alive = 0
+    alive, why = 0, f"within {timeout:.0f} s"
     while time.monotonic() < deadline:
         alive = sum(1 for node in ray.nodes() if node.get("Alive"))
         if alive >= count:
             return
         if nodes.workers is not None and nodes.workers.poll() is not None:
+            why = f"(the workers' srun step ended with exit code {nodes.workers.returncode})"
             break
         time.sleep(1)
-    where = f"; the workers' output is in {nodes.log_dir}" if nodes.log_dir else ""
-    raise StudyError(f"Only {alive} of the job's {count} nodes joined Ray within {timeout:.0f} s{where}.")
+    where = f"; their output is in {nodes.log_dir}" if nodes.log_dir else ""
+    raise StudyError(f"Only {alive} of the job's {count} nodes joined Ray {why}{where}.")
 
 
 def _worker_main(address: str, temp_dir: str) -> int:
