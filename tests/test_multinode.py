@@ -135,7 +135,7 @@ def test_a_study_runs_across_two_ray_nodes_with_shared_checkpoints(two_node_clus
         "the workers beat at the driver's interval, not their default"
     for trial in trials:  # every checkpoint on the shared path, none under --studies-dir
         folder = shared / NAME / "checkpoints" / "final" / trial.user_attrs["config_key"]
-        assert (folder / "last.pt").is_file() and (folder / "best.pt").is_file(), folder
+        assert (folder / "best.pt").is_file() and not (folder / "last.pt").exists(), folder  # finished: best only
     assert any((shared / NAME / "ray").iterdir()), "Ray's results on the shared path"
     assert not (tmp_path / "studies" / NAME / "checkpoints").exists()
     page = (tmp_path / "reports" / NAME / "index.html").read_text()
@@ -231,7 +231,7 @@ def test_a_trial_on_a_lost_node_is_retried_on_the_other_from_its_checkpoint(clus
     assert resumed >= max(1, recorded), f"resumed from the last checkpoint, not epoch {resumed}"
     assert len(retry.user_attrs["history"]) == LOSS_EPOCHS
     folder = shared / LOSS_NAME / "checkpoints" / "final" / retry.user_attrs["config_key"]
-    assert (folder / "last.pt").is_file() and (folder / "best.pt").is_file(), folder
+    assert (folder / "best.pt").is_file() and not (folder / "last.pt").exists(), folder  # finished: best only
 
     other = next(t for t in complete if t is not retry)
     epoch_s = sum(e["seconds"] for e in retry.user_attrs["history"]) / LOSS_EPOCHS
