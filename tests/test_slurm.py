@@ -86,16 +86,16 @@ def test_a_study_submitted_through_the_command_completes(slurm_cluster, tmp_path
 
 def test_a_study_longer_than_its_time_limit_completes_across_requeued_runs(slurm_cluster, tmp_path):  # noqa: F811
     """A 3-minute limit with the stop signal 60 s before it (SLURM may send it up to a minute
-    early, so it comes 60-120 s into a run): two 150-epoch trials take 150 s of training on an idle
-    2-core machine (about 1 s an epoch for both), so the study needs at least two runs however fast
-    the machine is."""
+    early, so it comes 60-120 s into a run): two 250-epoch trials take about 250 s of training on
+    an idle 2-core machine (about 1 s an epoch for both), so the study needs at least two runs
+    however fast the machine is."""
     job = _submit(slurm_cluster, tmp_path, "walltime", "--time", "3", "--signal-lead", "60", "--max-restarts", "12",
-                  epochs=150)
+                  epochs=250)
     info = slurm_cluster.wait_job(job, timeout=2400)
     log = _log(tmp_path, "walltime", job)
     assert info["JobState"] == "COMPLETED", log
     study = _study(tmp_path, "walltime")
-    complete = _assert_each_point_once(study, 2, 150)
+    complete = _assert_each_point_once(study, 2, 250)
     runs = StoredSlurmJob.all_of(study)
     assert len(runs) >= 2 and int(info["Restarts"]) == len(runs) - 1
     assert [r.outcome for r in runs] == ["requeued"] * (len(runs) - 1) + ["completed"]
