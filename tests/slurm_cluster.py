@@ -142,7 +142,11 @@ class SlurmCluster:
         while time.monotonic() < deadline:
             info = self.job_state(job_id)
             if info.get("JobState") in states:
-                return info
+                time.sleep(5)  # a job that requeues itself may pass through an end state on its way back
+                again = self.job_state(job_id)
+                if again.get("JobState") == info.get("JobState"):
+                    return again
+                info = again
             self.release_if_requeued(info)
             time.sleep(1)
         raise TimeoutError(f"job {job_id} still {info.get('JobState')} after {timeout:.0f} s: {info}")

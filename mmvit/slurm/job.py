@@ -63,6 +63,9 @@ def requeue(job_id: str) -> None:
     """``scontrol requeue``: the job goes back to the queue with its id, and SLURM ends this
     process (so it is the last thing a job does). A job that SLURM is already requeueing
     (preemption) refuses it harmlessly."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the requeue signals this job: end cleanly, not mid-call
     done = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
     if done.returncode != 0:
         log.warning("scontrol requeue %s: %s", job_id, " ".join((done.stderr or done.stdout).split()))
