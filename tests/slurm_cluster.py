@@ -20,14 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.pg_server import _free_port
+
 MISSING = "SLURM not installed: apt-get install slurm-wlm munge (.ci/run does)"
 DAEMONS = ("munged", "slurmctld", "slurmd")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _binary(name: str) -> str | None:

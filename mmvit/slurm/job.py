@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import signal
 import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -63,8 +64,6 @@ def requeue(job_id: str) -> None:
     """``scontrol requeue``: the job goes back to the queue with its id, and SLURM ends this
     process (so it is the last thing a job does). A job that SLURM is already requeueing
     (preemption) refuses it harmlessly."""
-    import signal
-
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the requeue signals this job: end cleanly, not mid-call
     done = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
     if done.returncode != 0:
